@@ -1,0 +1,83 @@
+"""The ``dfmeta`` command line, generated from the config dataclasses of ``dfmeta.commands``.
+
+Each module in ``dfmeta/commands/`` defines ``COMMANDS``: a list of :class:`Command` (name, config class, run
+function, optional presets). Names with a space (``zoo build``) become nested subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from dfmeta.config import add_arguments, from_namespace
+from dfmeta.errors import DfmetaError
+
+
+@dataclass(frozen=True)
+class Command:
+    """One CLI command: ``run(config)`` gets a ``config_cls`` built from flags (over an optional preset)."""
+
+    name: str
+    help: str
+    config_cls: type
+    run: Callable[[Any], Any]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def discover() -> list[Command]:
+    """All commands of the modules in ``dfmeta.commands``."""
+    import dfmeta.commands as pkg
+    found: list[Command] = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        mod = importlib.import_module(f"dfmeta.commands.{info.name}")
+        found.extend(getattr(mod, "COMMANDS", []))
+    return found
+
+
+def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfmeta", description=(
+        "Data-free meta-learning from a zoo of pre-trained classifiers: TGR (ICML 2024), its baselines and tools."))
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for cmd in commands:
+        words = cmd.name.split()
+        sub = top
+        for i, w in enumerate(words[:-1]):
+            key = " ".join(words[: i + 1])
+            if key not in groups:
+                gp = sub.add_parser(w, help=f"{w} commands")
+                groups[key] = gp.add_subparsers(dest=f"_{key}", metavar="SUBCOMMAND", required=True)
+            sub = groups[key]
+        p = sub.add_parser(words[-1], help=cmd.help.replace("%", "%%"), description=cmd.help)
+        add_arguments(p, cmd.config_cls)
+        if cmd.presets:
+            p.add_argument("--preset", choices=sorted(cmd.presets), default=None,
+                           help="start from a named preset; explicit flags override it")
+        p.set_defaults(_cmd=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = discover()
+    parser = build_parser(commands)
+    ns = parser.parse_args(argv)
+    cmd: Command = ns._cmd
+    try:
+        preset = cmd.presets.get(getattr(ns, "preset", None) or "", None)
+        cfg = from_namespace(cmd.config_cls, ns, preset)
+        result = cmd.run(cfg)
+    except DfmetaError as e:
+        print(f"dfmeta {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dfmeta {cmd.name}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI commands: each module defines ``COMMANDS`` (see :mod:`dfmeta.cli`)."""

@@ -1,0 +1,51 @@
+"""Config fields shared by the commands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dfmeta.data.registry import DATASETS, default_data_root
+from dfmeta.errors import DfmetaError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where data comes from and where results go."""
+
+    dataset: str = "embedded"
+    """Dataset name: embedded (no files), cifar-fs, fc100, omniglot, miniimagenet, cub."""
+    data_root: str = str(default_data_root())
+    """Root folder of the real datasets (env DFMETA_DATA sets the default)."""
+    seed: int = 0
+    """Seed for episodes, zoo picks and training."""
+    device: str = "auto"
+    """Torch device: auto (CUDA when available), cpu, cuda, cuda:1, ..."""
+    out_dir: str = "runs"
+    """Parent folder of run directories."""
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}; "
+                              f"expected one of: {', '.join(sorted(DATASETS))}")
+
+
+@dataclass(frozen=True)
+class EvalFields:
+    """The few-shot evaluation protocol."""
+
+    ways: int = 5
+    """N: classes per episode."""
+    shots: tuple[int, ...] = (1, 5)
+    """K values to evaluate (support images per class)."""
+    queries: int = 15
+    """Query images per class."""
+    episodes: int = 600
+    """Episodes per evaluation."""
+    eval_steps: int = 10
+    """Fine-tuning steps (plain gradient descent) on the support set."""
+    eval_lr: float = 0.01
+    """Fine-tuning learning rate."""
+    episode_batch: int = 0
+    """Episodes fine-tuned together (0: 600 on CUDA, 50 on CPU)."""
+    split: str = "test"
+    """Split to evaluate: val (model selection) or test (the final number, once)."""

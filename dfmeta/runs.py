@@ -1,0 +1,87 @@
+"""Run directories, atomic writes, metrics logging, seeding and device selection."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dfmeta.config import to_dict
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class RunDir:
+    """A run's directory: ``config.json`` (resolved config), ``metrics.jsonl`` and artefacts."""
+
+    def __init__(self, path: str | os.PathLike, config: Any | None = None) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            atomic_write(self.path / "config.json", json.dumps(to_dict(config), indent=2) + "\n")
+
+    @staticmethod
+    def new(root: str | os.PathLike, dataset: str, method: str, seed: int, config: Any | None = None) -> "RunDir":
+        """A fresh run directory named ``{dataset}__{method}__{seed}__{time}`` under ``root``."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return RunDir(Path(root) / f"{dataset}__{method}__{seed}__{stamp}", config)
+
+    def log(self, **metrics: Any) -> None:
+        """Append one JSON line to ``metrics.jsonl``."""
+        with open(self.path / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(metrics, default=float) + "\n")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """All logged metric lines."""
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    def write_json(self, name: str, obj: Any) -> None:
+        """Atomically write ``name`` as JSON."""
+        atomic_write(self.path / name, json.dumps(obj, indent=2, default=float) + "\n")

@@ -1,0 +1,35 @@
+"""Shared fixtures: small generated data for unit tests, the real data root for integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def data_root() -> Path:
+    """Real data root: $DFMETA_DATA, default ../shared/data (relative to the repository)."""
+    return Path(os.environ.get("DFMETA_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def require_data(sub: str) -> Path:
+    """The real dataset folder ``sub`` under the data root; skip (or fail when DFMETA_REQUIRE_DATA=1) if absent."""
+    p = data_root() / sub
+    if not p.exists():
+        msg = f"real data not found at {p} (set DFMETA_DATA)"
+        if os.environ.get("DFMETA_REQUIRE_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Unit tests decode into a private cache; the real-data cache is shared across tests for speed."""
+    if "DFMETA_CACHE" not in os.environ:
+        monkeypatch.setenv("DFMETA_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    yield
