@@ -55,8 +55,9 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
         p = sub.add_parser(words[-1], help=cmd.help.replace("%", "%%"), description=cmd.help)
         add_arguments(p, cmd.config_cls)
         if cmd.presets:
-            p.add_argument("--preset", choices=sorted(cmd.presets), default=None,
-                           help="start from a named preset; explicit flags override it")
+            p.add_argument("--preset", choices=sorted(cmd.presets), default=None, nargs="+", metavar="PRESET",
+                           help="start from named presets, applied in order (a setting, then ablations); explicit "
+                                "flags override them. Presets: " + ", ".join(sorted(cmd.presets)))
         p.set_defaults(_cmd=cmd)
     return parser
 
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     cmd: Command = ns._cmd
     try:
-        preset = cmd.presets.get(getattr(ns, "preset", None) or "", None)
+        preset: dict[str, Any] = {}
+        for name in getattr(ns, "preset", None) or []:
+            preset.update(cmd.presets[name])
         cfg = from_namespace(cmd.config_cls, ns, preset)
         result = cmd.run(cfg)
     except DfmetaError as e:

@@ -47,5 +47,5 @@ class EvalFields:
     """Fine-tuning learning rate."""
     episode_batch: int = 0
     """Episodes fine-tuned together (0: 600 on CUDA, 50 on CPU)."""
-    split: str = "test"
-    """Split to evaluate: val (model selection) or test (the final number, once)."""
+    episode_seed: int = 0
+    """Seed of the fixed evaluation episodes (the same for every method, so results are comparable)."""

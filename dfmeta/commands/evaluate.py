@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dfmeta.baselines import BASELINES, NEEDS_ZOO, BaselineInput, Initialisation
 from dfmeta.cli import Command
@@ -25,6 +26,8 @@ class EvaluateConfig(DataConfig, EvalFields):
     """Zoo directory (for zoo baselines)."""
     image_size: int = 0
     """Image size (0: the dataset's own)."""
+    split: Literal["val", "test"] = "test"
+    """Split to evaluate: val (model selection) or test (the final number, once)."""
 
     def validate(self) -> None:
         DataConfig.validate(self)
@@ -33,16 +36,14 @@ class EvaluateConfig(DataConfig, EvalFields):
                               f"{', '.join(sorted(BASELINES))}")
         if self.method in NEEDS_ZOO and not self.zoo:
             raise DfmetaError(f"method {self.method!r} needs a zoo: pass --zoo DIR")
-        if self.split not in ("val", "test"):
-            raise DfmetaError(f"field 'split': expected val or test, got {self.split!r}")
 
 
-def evaluate_init(init: Initialisation, cfg: EvalFields, split, device, seed: int, run: RunDir | None,
+def evaluate_init(init: Initialisation, cfg: EvalFields, split, device, run: RunDir | None,
                   label: str) -> dict[int, dict]:
     """Evaluate one initialisation at every K of ``cfg.shots``; log and return ``{K: result dict}``."""
     out = {}
     for k in cfg.shots:
-        ev = Evaluator(split, cfg.ways, k, cfg.queries, cfg.episodes, seed, cfg.eval_steps, cfg.eval_lr, device,
+        ev = Evaluator(split, cfg.ways, k, cfg.queries, cfg.episodes, cfg.episode_seed, cfg.eval_steps, cfg.eval_lr, device,
                        cfg.episode_batch or None)
         res = ev(init.model, init.params, init.head)
         out[k] = res.as_dict()
@@ -63,7 +64,7 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     inp = BaselineInput(cfg.arch, cfg.ways, split.image_size, split.channels, cfg.seed, zoo, device)
     init = BASELINES[cfg.method](inp)
     run = RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
-    results = evaluate_init(init, cfg, split, device, cfg.seed, run, cfg.method)
+    results = evaluate_init(init, cfg, split, device, run, cfg.method)
     run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
     print(f"run directory: {run.path}")
 
