@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,7 +117,7 @@ def cached(key: str, build: Callable[[], FewShotSplit], use_cache: bool = True) 
                 meta = json.loads(str(z["meta"]))
                 return FewShotSplit(meta["name"], z["images"], z["counts"], meta["class_names"],
                                     tuple(meta["mean"]), tuple(meta["std"]))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DfmetaError):
             pass  # a damaged cache entry is rebuilt
     split = build()
     if use_cache:
@@ -128,6 +129,11 @@ def cached(key: str, build: Callable[[], FewShotSplit], use_cache: bool = True) 
         except OSError:
             pass  # a read-only cache is not an error
     return split
+
+
+def bundled_splits(name: str) -> Path:
+    """Folder of the split lists shipped with dfmeta for ``name`` (``cifar-fs``, ``fc100``, ``omniglot``)."""
+    return Path(__file__).parent / "splits" / name
 
 
 def read_split_list(path: Path) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -33,13 +34,24 @@ def read_image_folder(images_dir: Path, class_names: list[str], name: str, mean:
     """
     if not images_dir.is_dir():
         raise DfmetaError(f"{images_dir}: image directory not found")
-    files = {c: list_class_images(images_dir, c) for c in class_names}  # validate all before decoding
-    per_class = []
-    for c in class_names:
-        paths = [str(p) for p in files[c]]
-        arr = decode_many(paths, paths, None if native_size else size, channels, expect_size=native_size)
-        per_class.append(resize_uint8(arr, size) if size else arr)
-    return FewShotSplit.from_classes(name, per_class, class_names, mean, std)
+    files = [[str(p) for p in list_class_images(images_dir, c)] for c in class_names]  # validate before decoding
+    return decode_classes(name, class_names, files, files, mean, std, size, channels, native_size)
+
+
+def decode_classes(name: str, class_names: list[str], sources: list[Sequence[str | bytes]],
+                   where: list[Sequence[str]], mean: tuple[float, ...], std: tuple[float, ...], size: int | None,
+                   channels: int, native_size: int | None = None) -> FewShotSplit:
+    """Decode each class's images (file paths or encoded bytes; ``where`` names them in errors) into one split.
+
+    ``native_size`` (if set) is the size every image must have; ``size`` resizes (after that check).
+    """
+    counts = [len(src) for src in sources]
+    flat_src = [x for src in sources for x in src]
+    flat_where = [x for names in where for x in names]
+    images = decode_many(flat_src, flat_where, None if native_size else size, channels, expect_size=native_size)
+    if size and native_size:
+        images = resize_uint8(images, size)
+    return FewShotSplit(name, images, np.array(counts), list(class_names), tuple(mean), tuple(std))
 
 
 def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
@@ -47,6 +59,8 @@ def resize_uint8(images: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
     if images.shape[1] == size and images.shape[2] == size:
         return images
+    if not len(images):
+        return images.reshape(0, size, size, images.shape[3])
     out = []
     for im in images:
         mode_im = Image.fromarray(im[:, :, 0] if im.shape[2] == 1 else im)

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from dfmeta.data.cub import read_cub
 from dfmeta.data.dataset import CIFAR100_MEAN, CIFAR100_STD, FewShotSplit, cached, read_split_list, source_key
 from dfmeta.data.embedded import embedded_split
 from dfmeta.data.folder import read_image_folder
+from dfmeta.data.miniimagenet import read_miniimagenet
+from dfmeta.data.omniglot import read_omniglot
 from dfmeta.errors import DfmetaError
 
 SPLITS = ("train", "val", "test")
@@ -63,6 +66,12 @@ DATASETS: dict[str, DatasetSpec] = {
                             "CIFAR-100, CIFAR-FS split 64/16/20 (cifar100/ folders or cifar-100-python.tar.gz)"),
     "fc100": DatasetSpec("fc100", _cifar_reader("fc100"), 32, 3,
                          "CIFAR-100, FC100 split 60/20/20 (cifar100/ folders or cifar-100-python.tar.gz)"),
+    "omniglot": DatasetSpec("omniglot", read_omniglot, 28, 1,
+                            "Omniglot, alphabet split 1032/172/419 characters (omniglot/images_*.zip)"),
+    "miniimagenet": DatasetSpec("miniimagenet", read_miniimagenet, 84, 3,
+                                "miniImageNet, Ravi & Larochelle split 64/16/20 (miniimagenet/{train,val,test}.csv, "
+                                "images/)"),
+    "cub": DatasetSpec("cub", read_cub, 84, 3, "CUB-200-2011, class split 100/50/50 (CUB_200_2011/images/)"),
 }
 
 

@@ -1,0 +1,101 @@
+"""Configs -> CLI: field docstrings as help, presets, unknown fields, and one-line errors without a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from dfmeta.cli import Command, build_parser, main
+from dfmeta.config import add_arguments, field_docs, from_namespace, make, replace, to_dict
+from dfmeta.errors import DfmetaError
+
+
+@dataclass(frozen=True)
+class Base:
+    lr: float = 0.1
+    """Step size of the   inner
+    loop (%)."""
+
+
+@dataclass(frozen=True)
+class Toy(Base):
+    """A toy config."""
+
+    name: str = "a"
+    """The name."""
+    mode: Literal["x", "y"] = "x"
+    """The mode."""
+    shots: tuple[int, ...] = (1, 5)
+    """Shots."""
+    flag: bool = False
+    limit: int | None = None
+    """Optional limit."""
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise DfmetaError(f"field 'lr': expected > 0, got {self.lr}")
+
+
+def test_field_docstrings_become_help() -> None:
+    assert field_docs(Toy) == {"lr": "Step size of the inner loop (%).", "name": "The name.", "mode": "The mode.",
+                               "shots": "Shots.", "limit": "Optional limit."}
+    p = argparse.ArgumentParser()
+    add_arguments(p, Toy)
+    text = " ".join(p.format_help().split())
+    assert "--lr LR Step size of the inner loop (%). (default: 0.1)" in text
+    assert "--mode {x,y} The mode. (default: 'x')" in text and "--flag, --no-flag (default: False)" in text
+
+
+def test_flags_override_preset_over_defaults() -> None:
+    p = argparse.ArgumentParser()
+    add_arguments(p, Toy)
+    ns = p.parse_args(["--shots", "2", "3", "--flag", "--limit", "none", "--mode", "y"])
+    cfg = from_namespace(Toy, ns, {"name": "preset", "mode": "x", "lr": 0.5})
+    assert cfg == Toy(lr=0.5, name="preset", mode="y", shots=(2, 3), flag=True, limit=None)
+    assert to_dict(cfg)["shots"] == [2, 3] and make(Toy, to_dict(cfg)) == cfg  # JSON round trip
+    assert replace(cfg, lr=0.25).lr == 0.25
+
+
+def test_unknown_field_and_bad_values() -> None:
+    with pytest.raises(DfmetaError, match="unknown field\\(s\\) for Toy: bogus; expected one of: flag, limit, lr"):
+        make(Toy, {"bogus": 1})
+    with pytest.raises(DfmetaError, match="field 'mode': expected one of \\['x', 'y'\\], got 'z'"):
+        make(Toy, {"mode": "z"})
+    with pytest.raises(DfmetaError, match="field 'lr': expected > 0"):
+        replace(Toy(), lr=-1.0)
+
+
+def test_unknown_preset_is_a_usage_error(capsys) -> None:
+    cmd = Command("toy", "A toy command.", Toy, lambda cfg: 0, presets={"fast": {"lr": 1.0}})
+    parser = build_parser([cmd])
+    assert parser.parse_args(["toy", "--preset", "fast"])._cmd is cmd
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["toy", "--preset", "nope"])
+    assert e.value.code == 2 and "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_cli_unknown_dataset_in_process(capsys) -> None:
+    assert main(["evaluate", "--dataset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("dfmeta evaluate: error: field 'dataset': unknown dataset 'nope'; expected one of:")
+    assert "omniglot" in err and "miniimagenet" in err and "cub" in err
+
+
+def test_cli_evaluate_help_uses_docstrings(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--help"])
+    assert e.value.code == 0
+    assert "Dataset name" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_subprocess_one_line_error() -> None:
+    r = subprocess.run([sys.executable, "-m", "dfmeta.cli", "evaluate", "--dataset", "nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and "unknown dataset 'nope'" in r.stderr
