@@ -49,7 +49,7 @@ def evaluate_init(init: Initialisation, cfg: EvalFields, split, device, run: Run
         out[k] = res.as_dict()
         print(f"{label:>12s}  {split.name}  {cfg.ways}-way {k}-shot: {res}  ({cfg.episodes} episodes)")
         if run is not None:
-            run.log(method=label, split=cfg.split, ways=cfg.ways, shots=k, **res.as_dict())
+            run.log(method=label, split=split.name, ways=cfg.ways, shots=k, **res.as_dict())
     return out
 
 
