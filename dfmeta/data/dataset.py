@@ -108,24 +108,38 @@ def source_key(*parts: object, paths: list[Path] = ()) -> str:
     return h.hexdigest()[:16]
 
 
+def save_split_file(split: FewShotSplit, path: str | os.PathLike, compress: bool = False) -> None:
+    """Write a decoded split as one ``.npz`` file (atomically); :func:`load_split_file` reads it back."""
+    buf = io.BytesIO()
+    meta = dict(name=split.name, class_names=split.class_names, mean=split.mean, std=split.std)
+    (np.savez_compressed if compress else np.savez)(buf, images=split.images, counts=split.counts,
+                                                    meta=np.array(json.dumps(meta)))
+    atomic_write(path, buf.getvalue())
+
+
+def load_split_file(path: str | os.PathLike) -> FewShotSplit:
+    """Read a split written by :func:`save_split_file`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return FewShotSplit(meta["name"], z["images"], z["counts"], meta["class_names"],
+                                tuple(meta["mean"]), tuple(meta["std"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise DfmetaError(f"{path}: not a readable dfmeta split file ({e.__class__.__name__})") from None
+
+
 def cached(key: str, build: Callable[[], FewShotSplit], use_cache: bool = True) -> FewShotSplit:
     """Load a decoded split from the cache, or build and store it (atomically)."""
     path = cache_dir() / f"{key}.npz"
     if use_cache and path.exists():
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                return FewShotSplit(meta["name"], z["images"], z["counts"], meta["class_names"],
-                                    tuple(meta["mean"]), tuple(meta["std"]))
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DfmetaError):
+            return load_split_file(path)
+        except DfmetaError:
             pass  # a damaged cache entry is rebuilt
     split = build()
     if use_cache:
-        buf = io.BytesIO()
-        meta = dict(name=split.name, class_names=split.class_names, mean=split.mean, std=split.std)
-        np.savez(buf, images=split.images, counts=split.counts, meta=np.array(json.dumps(meta)))
         try:
-            atomic_write(path, buf.getvalue())
+            save_split_file(split, path)
         except OSError:
             pass  # a read-only cache is not an error
     return split

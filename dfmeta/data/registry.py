@@ -1,7 +1,8 @@
 """The dataset registry: a name (``cifar-fs``, ``omniglot``, ...) and a split to one :class:`FewShotSplit`.
 
 Each entry finds its files under a data root (default ``../shared/data``, or ``$DFMETA_DATA``) and is decoded once
-into the cache. ``embedded`` needs no files.
+into the cache. ``embedded`` needs no files. A split exported by ``dfmeta data prepare`` to
+``<root>/prepared/<dataset>/<split>.npz`` is read from there first (to move decoded data to another machine).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from dfmeta.data.cub import read_cub
-from dfmeta.data.dataset import CIFAR100_MEAN, CIFAR100_STD, FewShotSplit, cached, read_split_list, source_key
+from dfmeta.data.dataset import (CIFAR100_MEAN, CIFAR100_STD, FewShotSplit, cached, load_split_file,
+                                  read_split_list, source_key)
 from dfmeta.data.embedded import embedded_split
 from dfmeta.data.folder import read_image_folder
 from dfmeta.data.miniimagenet import read_miniimagenet
@@ -90,4 +92,7 @@ def load_split(dataset: str, split: str, root: str | os.PathLike | None = None, 
     root = Path(root) if root is not None else default_data_root()
     if dataset != "embedded" and not root.is_dir():
         raise DfmetaError(f"{root}: data root not found; set --data-root or DFMETA_DATA")
+    prepared = root / "prepared" / dataset / f"{split}.npz"
+    if prepared.is_file() and image_size is None:
+        return load_split_file(prepared)
     return DATASETS[dataset].read(root, split, image_size, use_cache)

@@ -1,0 +1,46 @@
+"""``dfmeta data prepare``: export decoded splits as single files, to move a dataset to another machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfmeta.cli import Command
+from dfmeta.data.dataset import save_split_file
+from dfmeta.data.registry import DATASETS, default_data_root, load_split
+from dfmeta.errors import DfmetaError
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Export decoded splits to ``<out>/prepared/<dataset>/<split>.npz`` (read back with ``--data-root <out>``)."""
+
+    dataset: str = "cifar-fs"
+    """Dataset name."""
+    data_root: str = str(default_data_root())
+    """Root folder of the real datasets."""
+    splits: tuple[str, ...] = ("val", "test")
+    """Splits to export."""
+    out: str = "prepared-data"
+    """Output data root."""
+    max_per_class: int = 0
+    """Keep only the first this many images of each class (0: all); e.g. a smaller meta-val."""
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}")
+
+
+def run_prepare(cfg: PrepareConfig) -> None:
+    for name in cfg.splits:
+        split = load_split(cfg.dataset, name, cfg.data_root)
+        if cfg.max_per_class:
+            split = split.subset(split.class_names, slice(0, cfg.max_per_class))
+        path = Path(cfg.out) / "prepared" / cfg.dataset / f"{name}.npz"
+        save_split_file(split, path, compress=True)
+        print(f"{cfg.dataset}/{name}: {split.n_classes} classes, {len(split.images)} images -> {path} "
+              f"({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+COMMANDS = [Command("data prepare", "Export decoded splits as single files (for another machine).",
+                    PrepareConfig, run_prepare)]
