@@ -1,0 +1,127 @@
+"""Memory bank of recovered tasks for cross-task replay (Algorithm 1, step 6).
+
+The bank keeps the newest ``capacity`` recovered tasks (FIFO). A class is identified by (teacher, label): the same
+teacher class recovered at two epochs is one class with the images of both. Interpolated tasks recombine classes
+drawn across all stored tasks into new N-way tasks (the authors' recombination; no pixel mixing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from dfmeta.errors import DfmetaError
+
+
+class TaskLike(Protocol):
+    """What the bank needs of a recovered task (e.g. ``dfmeta.recover.RecoveredTask``)."""
+
+    images: Tensor
+    labels: Tensor
+    teacher: int
+
+
+class MemoryBank:
+    """FIFO bank of recovered tasks (images ``[n, C, H, W]`` in [0, 1] kept on their device, labels, teacher)."""
+
+    def __init__(self, capacity: int = 20) -> None:
+        if capacity < 1:
+            raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._tasks: list[dict[str, Any]] = []
+        self._pool: tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: TaskLike) -> None:
+        """Store a recovered task; the oldest one leaves when the bank is full."""
+        self._store(task.images, task.labels, task.teacher)
+        if len(self._tasks) > self.capacity:
+            self._tasks.pop(0)
+
+    def _store(self, images: Tensor, labels: Tensor, teacher: int) -> None:
+        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(images) == 0:
+            raise DfmetaError(f"memory bank: expected images [n, C, H, W] and labels [n], got "
+                              f"{list(images.shape)} and {list(labels.shape)}")
+        if labels.dtype.is_floating_point or int(labels.min()) < 0:
+            raise DfmetaError("memory bank: labels must be non-negative integers")
+        if self._tasks:
+            ref = self._tasks[0]["images"]
+            if ref.shape[1:] != images.shape[1:] or ref.device != images.device or ref.dtype != images.dtype:
+                raise DfmetaError(f"memory bank: images {list(images.shape[1:])} {images.dtype} on {images.device} "
+                                  f"do not match stored {list(ref.shape[1:])} {ref.dtype} on {ref.device}")
+        self._tasks.append({"images": images.detach(), "labels": labels.detach().to(images.device, torch.long),
+                            "teacher": int(teacher)})
+        self._pool = None
+
+    @property
+    def classes(self) -> list[tuple[int, int]]:
+        """Distinct (teacher, label) classes of the stored tasks, sorted."""
+        return self._build()[3]
+
+    def _build(self) -> tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]]:
+        """(all images, image rows sorted by class, per-class image counts on CPU, class identities); cached."""
+        if self._pool is None:
+            if not self._tasks:
+                raise DfmetaError("memory bank is empty")
+            per_task = [(t["teacher"], t["labels"].cpu()) for t in self._tasks]
+            classes = sorted({(te, int(c)) for te, lab in per_task for c in lab.unique()})
+            index = {c: i for i, c in enumerate(classes)}
+            ids = torch.cat([torch.tensor([index[(te, int(c))] for c in lab.tolist()]) for te, lab in per_task])
+            images = torch.cat([t["images"] for t in self._tasks])
+            order = torch.argsort(ids, stable=True).to(images.device)
+            self._pool = (images, order, torch.bincount(ids, minlength=len(classes)), classes)
+        return self._pool
+
+    def sample_tasks(self, n_tasks: int, n_way: int, k_shot: int, n_query: int,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Interpolated tasks: each draws ``n_way`` distinct classes across all stored tasks, then ``k_shot`` support and
+        ``n_query`` query images of each (without replacement). Returns xs ``[T, N*K, C, H, W]``, ys ``[T, N*K]``,
+        xq ``[T, N*Q, C, H, W]``, yq ``[T, N*Q]`` (images in [0, 1], grouped by class; labels 0..N-1). Random draws use
+        ``generator`` on its device, the gather happens on the images' device; deterministic given the generator.
+        """
+        if min(n_tasks, n_way, k_shot, n_query) < 1:
+            raise DfmetaError(f"memory bank: n_tasks, n_way, k_shot, n_query must be >= 1, got "
+                              f"{n_tasks}, {n_way}, {k_shot}, {n_query}")
+        images, order, counts, classes = self._build()
+        need = k_shot + n_query
+        eligible = torch.nonzero(counts >= need).flatten()
+        if len(eligible) < n_way:
+            raise DfmetaError(f"memory bank: {n_way}-way tasks need {n_way} classes with >= K + Q = {need} images, "
+                              f"the bank has {len(eligible)} (of {len(classes)} classes in {len(self)} tasks)")
+        max_count = int(counts[eligible].max())
+        dev = generator.device
+        starts = (torch.cumsum(counts, 0) - counts).to(dev)
+        counts_d, eligible = counts.to(dev), eligible.to(dev)
+        pick = torch.rand(n_tasks, len(eligible), generator=generator, device=dev).argsort(1)[:, :n_way]
+        cls = eligible[pick]                                                            # [T, N]
+        keys = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
+        keys.masked_fill_(torch.arange(keys.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
+        rows = starts[cls].unsqueeze(-1) + keys.argsort(-1)[..., :need]                  # [T, N, K+Q]
+        x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
+        y = torch.arange(n_way, device=images.device).view(1, n_way, 1).expand(n_tasks, n_way, need)
+        shape = images.shape[1:]
+        return (x[:, :, :k_shot].reshape(n_tasks, n_way * k_shot, *shape),
+                y[:, :, :k_shot].reshape(n_tasks, -1),
+                x[:, :, k_shot:].reshape(n_tasks, n_way * n_query, *shape),
+                y[:, :, k_shot:].reshape(n_tasks, -1))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Capacity and the stored tasks, oldest first (tensors as stored)."""
+        return {"capacity": self.capacity,
+                "tasks": [{"images": t["images"], "labels": t["labels"], "teacher": t["teacher"]} for t in self._tasks]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` (exact resume: same tasks in the same order)."""
+        if not isinstance(state, dict) or "tasks" not in state or "capacity" not in state:
+            raise DfmetaError("memory bank: state must be a dict with 'capacity' and 'tasks'")
+        if len(state["tasks"]) > state["capacity"]:
+            raise DfmetaError(f"memory bank: state holds {len(state['tasks'])} tasks, capacity {state['capacity']}")
+        if state["capacity"] < 1:
+            raise DfmetaError(f"memory bank: capacity must be >= 1, got {state['capacity']}")
+        self.capacity, self._tasks, self._pool = int(state["capacity"]), [], None
+        for t in state["tasks"]:
+            self._store(t["images"], t["labels"], t["teacher"])

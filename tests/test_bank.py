@@ -1,0 +1,118 @@
+"""Memory bank: FIFO capacity, interpolated tasks across stored tasks, determinism, state round trip."""
+
+from __future__ import annotations
+
+import io
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dfmeta.errors import DfmetaError
+from dfmeta.meta.bank import MemoryBank
+
+_next_id = iter(range(1, 10**6))
+
+
+def task(teacher: int, n_way: int = 5, per_class: int = 4):
+    """A recovered task whose images encode (teacher, label, unique image id) in their first three pixels."""
+    labels = torch.arange(n_way).repeat_interleave(per_class)
+    images = torch.zeros(len(labels), 1, 2, 2)
+    images[:, 0, 0, 0] = teacher
+    images[:, 0, 0, 1] = labels.float()
+    images[:, 0, 1, 0] = torch.tensor([float(next(_next_id)) for _ in labels])
+    return SimpleNamespace(images=images, labels=labels, teacher=teacher)
+
+
+def decode(x):
+    return x[..., 0, 0, 0].long(), x[..., 0, 0, 1].long(), x[..., 0, 1, 0].long()
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_fifo_capacity():
+    bank = MemoryBank(capacity=3)
+    for t in range(5):
+        bank.add(task(t))
+    assert len(bank) == 3
+    assert [t["teacher"] for t in bank.state_dict()["tasks"]] == [2, 3, 4]
+    assert {te for te, _ in bank.classes} == {2, 3, 4}
+
+
+def test_sample_shapes_labels_and_classes():
+    bank = MemoryBank()
+    for t in range(4):
+        bank.add(task(t))
+    xs, ys, xq, yq = bank.sample_tasks(50, 5, 2, 2, gen())
+    assert xs.shape == (50, 10, 1, 2, 2) and xq.shape == (50, 10, 1, 2, 2)
+    assert torch.equal(ys, torch.arange(5).repeat_interleave(2).expand(50, -1))
+    assert torch.equal(yq, ys)
+    te_s, lab_s, id_s = decode(xs)
+    te_q, lab_q, id_q = decode(xq)
+    cls_s = (te_s * 10 + lab_s).view(50, 5, 2)
+    cls_q = (te_q * 10 + lab_q).view(50, 5, 2)
+    assert (cls_s == cls_s[..., :1]).all() and (cls_q == cls_s[..., :1]).all()    # one class per label
+    assert all(len(set(c.tolist())) == 5 for c in cls_s[..., 0])                   # distinct classes per task
+    ids = torch.cat([id_s, id_q], 1)
+    assert all(len(set(r.tolist())) == 20 for r in ids)                            # no image used twice
+    assert max(len(set(r.tolist())) for r in te_s) > 1                             # classes mix stored tasks
+    assert len(set(cls_s.flatten().tolist())) == 20                                # every class gets drawn
+
+
+def test_same_teacher_class_is_one_class():
+    bank = MemoryBank()
+    bank.add(task(7, n_way=2, per_class=3))
+    bank.add(task(7, n_way=2, per_class=3))
+    assert bank.classes == [(7, 0), (7, 1)]
+    xs, _, xq, _ = bank.sample_tasks(4, 2, 1, 5, gen())                            # needs 6 images per class
+    assert len(set(decode(xs)[2].flatten().tolist()) | set(decode(xq)[2].flatten().tolist())) > 6
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_deterministic_given_generator(device):
+    bank = MemoryBank()
+    for t in range(3):
+        tk = task(t)
+        bank.add(SimpleNamespace(images=tk.images.to(device), labels=tk.labels.to(device), teacher=t))
+
+    def sample(seed):
+        return bank.sample_tasks(6, 5, 1, 3, torch.Generator(device).manual_seed(seed))
+
+    a, b, c = sample(1), sample(1), sample(2)
+    assert all(torch.equal(u, v) for u, v in zip(a, b)) and a[0].device.type == device
+    assert not torch.equal(a[0], c[0])
+
+
+def test_state_dict_round_trip():
+    bank = MemoryBank(capacity=4)
+    for t in range(6):
+        bank.add(task(t))
+    buf = io.BytesIO()
+    torch.save(bank.state_dict(), buf)
+    buf.seek(0)
+    other = MemoryBank()
+    other.load_state_dict(torch.load(buf))
+    assert other.capacity == 4 and len(other) == 4 and other.classes == bank.classes
+    assert all(torch.equal(u, v) for u, v in zip(bank.sample_tasks(3, 5, 1, 2, gen()),
+                                                 other.sample_tasks(3, 5, 1, 2, gen())))
+    other.add(task(9))
+    assert [t["teacher"] for t in other.state_dict()["tasks"]] == [3, 4, 5, 9]
+
+
+def test_errors():
+    bank = MemoryBank()
+    with pytest.raises(DfmetaError):
+        bank.sample_tasks(1, 5, 1, 1, gen())                                       # empty
+    bank.add(task(0, n_way=3, per_class=4))
+    with pytest.raises(DfmetaError):
+        bank.sample_tasks(1, 5, 1, 1, gen())                                       # too few classes
+    with pytest.raises(DfmetaError):
+        bank.sample_tasks(1, 3, 2, 3, gen())                                       # too few images per class
+    with pytest.raises(DfmetaError):
+        bank.add(SimpleNamespace(images=torch.zeros(4, 1, 3, 3), labels=torch.zeros(4, dtype=torch.long), teacher=1))
+    with pytest.raises(DfmetaError):
+        bank.add(SimpleNamespace(images=torch.zeros(4, 1, 2, 2), labels=torch.zeros(3, dtype=torch.long), teacher=1))
+    with pytest.raises(DfmetaError):
+        MemoryBank(capacity=0)
