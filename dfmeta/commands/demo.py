@@ -76,7 +76,8 @@ def run_demo(cfg: DemoConfig) -> None:
                        rec_per_class=cfg.rec_per_class, val_every=cfg.val_every, val_episodes=cfg.episodes,
                        episodes=cfg.episodes, shots=cfg.shots, ways=cfg.ways, queries=cfg.queries,
                        eval_steps=cfg.eval_steps, eval_lr=cfg.eval_lr, episode_batch=cfg.episode_batch,
-                       episode_seed=cfg.episode_seed, replay_max_batches=2, meta_batch=4, fisher_samples=10)
+                       episode_seed=cfg.episode_seed, replay_max_batches=2, meta_batch=4, fisher_samples=10,
+                       small_groups="merge")
     res = Trainer(tcfg, RunDir(run.path / "tgr", tcfg)).fit()
     rows["tgr"] = {int(k): v for k, v in res["test"].items()}
     lines = [f"| method | " + " | ".join(f"{cfg.ways}-way {k}-shot" for k in cfg.shots) + " |",

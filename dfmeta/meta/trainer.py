@@ -51,6 +51,8 @@ class TrainConfig(DataConfig, EvalFields):
     """Task grouping: dissimilarity (TGR), similarity (Table 8 ablation) or off (teachers drawn from the whole zoo)."""
     groups: int = 5
     """c: number of task groups."""
+    small_groups: Literal["error", "merge"] = "error"
+    """A group with fewer than m teachers: stop with an error, or merge it into the largest group."""
     probe_weights: str = ""
     """ImageNet ResNet-34 weights (torchvision format) for the Fisher probe; empty: the data-free fallback."""
     fisher_samples: int = 0
@@ -218,6 +220,22 @@ class Trainer:
         print(f"  grouping: {cfg.groups} groups of sizes {sizes} ({time.perf_counter() - t0:.1f} s)", flush=True)
         return labels
 
+    def usable_groups(self, labels: np.ndarray) -> np.ndarray:
+        """Check that every group can supply m teachers (or merge small groups into the largest, if asked)."""
+        m, labels = self.cfg.teachers_per_epoch, labels.copy()
+        sizes = np.bincount(labels)
+        small = [g for g in np.flatnonzero(sizes) if sizes[g] < m]
+        if small and self.cfg.small_groups == "error":
+            raise DfmetaError(f"a task group has {sizes[small[0]]} teachers, fewer than m = {m} (group sizes "
+                              f"{sizes.tolist()}); use fewer --groups, a smaller --teachers-per-epoch, or "
+                              f"--small-groups merge")
+        for g in small:
+            labels[labels == g] = int(np.argmax(sizes))
+        if small:
+            print(f"  grouping: merged groups {small} (fewer than m = {m} teachers) into group "
+                  f"{int(np.argmax(sizes))}", flush=True)
+        return labels
+
     def pick_teachers(self, epoch: int) -> list[int]:
         """Pick a group, then m teachers from it (seeded by the epoch)."""
         rng = np.random.default_rng(epoch_seed(self.cfg.seed, epoch, 1))
@@ -308,12 +326,7 @@ class Trainer:
             return json.loads(done.read_text())
         if self.load_checkpoint():
             print(f"resumed from epoch {self.epoch}", flush=True)
-        self.groups = self.group()
-        sizes = np.bincount(self.groups)
-        if cfg.grouping != "off" and sizes[sizes > 0].min() < cfg.teachers_per_epoch:
-            raise DfmetaError(f"a task group has {sizes[sizes > 0].min()} teachers, fewer than m = "
-                              f"{cfg.teachers_per_epoch} (group sizes {sizes.tolist()}); use fewer --groups or a "
-                              f"smaller --teachers-per-epoch")
+        self.groups = self.usable_groups(self.group())
         from dfmeta.recover import recover_tasks
         rcfg = self.recovery_config()
         start, ran = self.epoch, 0
