@@ -1,0 +1,124 @@
+"""``dfmeta group``: recover one task per teacher, embed it (Fisher), group the zoo (Eq. 5-7) and show the groups.
+
+Writes to the run directory: ``fisher.npz`` (W, labels, embeddings; the cache a rerun with ``--run-dir`` reuses),
+``groups.json`` and ``W.png`` (W with teachers ordered by group, group borders in white).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from dfmeta.cli import Command
+from dfmeta.errors import DfmetaError
+from dfmeta.grouping import GroupingConfig, group_teachers
+from dfmeta.recover import RecoveryConfig, recover_tasks
+from dfmeta.runs import RunDir, atomic_write, resolve_device
+
+
+@dataclass(frozen=True)
+class GroupCommandConfig(RecoveryConfig, GroupingConfig):
+    """Group a zoo's teachers (task recovery, Fisher embeddings, dissimilarity, spectral clustering)."""
+
+    zoo: str = ""
+    """Zoo directory (dfmeta format)."""
+    out_dir: str = "runs"
+    """Parent folder of the new run directory."""
+    run_dir: str = ""
+    """An existing run directory to reuse (its cached W skips recovery and Fisher); empty: a new one."""
+    device: str = "auto"
+    """Torch device: auto (CUDA when available), cpu, cuda, ..."""
+    chunk: int = 0
+    """Teachers recovered together in one batched computation (0: 32 on CUDA, 8 on CPU)."""
+    seed: int = 42
+    """Seed of task recovery, of the fallback probe's initialisation and of spectral clustering."""
+
+    def validate(self) -> None:
+        RecoveryConfig.validate(self)
+        GroupingConfig.validate(self)
+        if not self.zoo:
+            raise DfmetaError("field 'zoo': pass --zoo DIR")
+        if self.chunk < 0:
+            raise DfmetaError(f"field 'chunk': must be non-negative, got {self.chunk}")
+
+
+def _sub(cls: type, cfg: GroupCommandConfig):
+    """The ``cls`` part of the command's config."""
+    values = asdict(cfg)
+    return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+
+# Viridis at 9 stops (matplotlib's colour map, sampled).
+_VIRIDIS = np.array([[68, 1, 84], [71, 44, 122], [59, 81, 139], [44, 113, 142], [33, 144, 141],
+                     [39, 173, 129], [92, 200, 99], [170, 220, 50], [253, 231, 37]], np.float64)
+
+
+def heatmap_png(W: np.ndarray, labels: np.ndarray, cell: int = 0) -> bytes:
+    """A PNG of W (viridis, 0 to max) with teachers ordered by group and white lines between groups (Pillow only)."""
+    n = len(W)
+    order = np.argsort(labels, kind="stable")
+    w = W[np.ix_(order, order)]
+    t = w / w.max() if w.max() > 0 else w
+    pos = t * (len(_VIRIDIS) - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
+    rgb = _VIRIDIS[lo] + (pos - lo)[..., None] * (_VIRIDIS[lo + 1] - _VIRIDIS[lo])
+    cell = cell or max(2, min(24, 768 // max(n, 1)))
+    img = np.repeat(np.repeat(rgb.round().astype(np.uint8), cell, 0), cell, 1)
+    for b in np.flatnonzero(np.diff(labels[order])) + 1:
+        img[b * cell - 1: b * cell + 1, :] = 255
+        img[:, b * cell - 1: b * cell + 1] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_group(cfg: GroupCommandConfig) -> None:
+    from dfmeta.zoo import load_zoo
+    zoo = load_zoo(cfg.zoo)
+    if cfg.groups > len(zoo):
+        raise DfmetaError(f"field 'groups': c = {cfg.groups} is larger than the zoo ({len(zoo)} models)")
+    device = resolve_device(cfg.device)
+    run = RunDir(cfg.run_dir, cfg) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed, cfg)
+    rcfg, gcfg = _sub(RecoveryConfig, cfg), _sub(GroupingConfig, cfg)
+    chunk = cfg.chunk or (32 if device.type == "cuda" else 8)
+
+    fisher_bar = None
+
+    def tasks():  # called only when the run directory holds no W for these settings
+        nonlocal fisher_bar
+        with tqdm(total=len(zoo) * cfg.steps, desc="recovering tasks", unit="teacher-step") as bar:
+            out = recover_tasks(zoo.teachers, list(range(len(zoo))), rcfg, device, cfg.seed, chunk,
+                                on_step=bar.update)
+        fisher_bar = tqdm(total=len(zoo), desc="Fisher embeddings", unit="task")
+        return out
+
+    labels, W, info = group_teachers(zoo, tasks, gcfg, device, cache=run.path,
+                                     cache_extra={"recovery": asdict(rcfg), "seed": cfg.seed},
+                                     on_task=lambda: fisher_bar.update(1))
+    if fisher_bar is not None:
+        fisher_bar.close()
+    print(f"probe: {info['probe']}" + (" (cached W)" if info["cached"] else ""))
+    members = []
+    for g in range(cfg.groups):
+        idx = np.flatnonzero(labels == g).tolist()
+        members.append([{"index": i, "id": zoo[i].id, "arch": zoo[i].arch, "class_names": zoo[i].class_names}
+                        for i in idx])
+        print(f"group {g} ({len(idx)} teachers):")
+        for m in members[-1]:
+            print(f"  {m['id']:>6s} {m['arch']:<8s} {', '.join(m['class_names'])}")
+    run.write_json("groups.json", {"mode": cfg.mode, "groups": cfg.groups, "probe": info["probe"],
+                                   "labels": labels.tolist(), "teacher_ids": info["teacher_ids"],
+                                   "members": members})
+    atomic_write(run.path / "W.png", heatmap_png(W, labels))
+    off = W[~np.eye(len(W), dtype=bool)]
+    if off.size:
+        print(f"W: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f} (off-diagonal)")
+    print(f"run directory: {run.path} (groups.json, W.png, fisher.npz)")
+
+
+COMMANDS = [Command("group", "Group a zoo's teachers by task dissimilarity (TGR Eq. 5-7); writes groups.json and W.png.",
+                    GroupCommandConfig, run_group)]

@@ -1,0 +1,53 @@
+"""The task-recovery generator of Table 7: z ~ N(0, I_nz) -> image in [0, 1]^(C x s x s)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dfmeta.errors import DfmetaError
+from dfmeta.nets.common import make_bn
+
+
+class Generator(nn.Module):
+    """FC -> 2nf x s/4 x s/4; BN; up x2; conv 2nf->2nf; BN; LReLU(0.2); up x2; conv 2nf->nf; BN; LReLU(0.2);
+    conv nf->C; Sigmoid.
+
+    BatchNorm always uses the batch's statistics (no running buffers), so the generator runs under ``vmap``.
+    Initialisation (authors' code): conv/linear weights N(0, 0.02), biases 0, BN weights N(1, 0.02), BN biases 0.
+    """
+
+    def __init__(self, image_size: int, channels: int = 3, nz: int = 256, nf: int = 64) -> None:
+        super().__init__()
+        if image_size < 4 or image_size % 4:
+            raise DfmetaError(f"generator: image size must be a positive multiple of 4 (s/4 integer), got {image_size}")
+        self.image_size, self.channels, self.nz, self.nf = image_size, channels, nz, nf
+        self.init_size = image_size // 4
+        self.fc = nn.Linear(nz, 2 * nf * self.init_size ** 2)
+        self.bn0 = make_bn(2 * nf, "batch")
+        self.conv1 = nn.Conv2d(2 * nf, 2 * nf, 3, 1, 1, bias=False)
+        self.bn1 = make_bn(2 * nf, "batch")
+        self.conv2 = nn.Conv2d(2 * nf, nf, 3, 1, 1, bias=False)
+        self.bn2 = make_bn(nf, "batch")
+        self.conv3 = nn.Conv2d(nf, channels, 3, 1, 1)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, rng: torch.Generator | None = None) -> None:
+        """Re-initialise in place (``rng`` makes it reproducible)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.weight.normal_(0.0, 0.02, generator=rng)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.normal_(1.0, 0.02, generator=rng)
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)) and m.bias is not None:
+                m.bias.zero_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(z.shape[0], 2 * self.nf, self.init_size, self.init_size)
+        x = F.interpolate(self.bn0(x), scale_factor=2, mode="nearest")
+        x = F.leaky_relu(self.bn1(self.conv1(x)), 0.2)
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = F.leaky_relu(self.bn2(self.conv2(x)), 0.2)
+        return torch.sigmoid(self.conv3(x))

@@ -1,0 +1,243 @@
+"""Task recovery (Algorithm 1 step 1, Eq. 2-4): invert each teacher into a pseudo task with a generator.
+
+For teacher M with N classes, a fresh generator G and one learnable latent code per image are optimised jointly
+(Adam) on
+
+    L_G = CE(M(aug(G(Z))), Y) + bn_weight * sum_l ||mu_l - running_mean_l||_2 + ||var_l - running_var_l||_2
+
+(statistics of each BatchNorm layer's input over batch and space, biased variance; the teacher frozen in eval mode).
+The lowest-loss batch over the steps is kept.
+
+All requested teachers are recovered in one batched computation: teachers sharing an architecture (and image size,
+channels, classes) are stacked and run under ``torch.func.vmap``, each with its own stacked generator and codes.
+Adam is elementwise, so one Adam over the stacked tensors is exactly per-teacher Adam. Every random draw of a
+teacher (generator init, Z, augmentation) comes from its own ``torch.Generator`` seeded by ``(seed, teacher index)``:
+recovering a teacher alone or together with others gives the same task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from dfmeta.errors import DfmetaError
+from dfmeta.nets import params_of, stack_params
+from dfmeta.nets.generator import Generator
+from dfmeta.zoo.format import Teacher
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Task recovery (Eq. 2-4)."""
+
+    steps: int = 200
+    """Generator steps per recovered task."""
+    lr: float = 1e-3
+    """Adam learning rate of the generator and the latent codes (betas 0.5, 0.999)."""
+    per_class: int = 30
+    """Recovered images per class (150 for a 5-way teacher)."""
+    nz: int = 256
+    """Latent code size of the generator."""
+    nf: int = 64
+    """Generator width (Table 7)."""
+    bn_weight: float = 1.0
+    """Weight of the BatchNorm-statistics term of the recovery loss."""
+    augment: bool = True
+    """Random crop (pad 4) and horizontal flip between generator and teacher."""
+
+    def validate(self) -> None:
+        for name in ("steps", "per_class", "nz", "nf"):
+            if getattr(self, name) < 1:
+                raise DfmetaError(f"field {name!r}: must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise DfmetaError(f"field 'lr': must be positive, got {self.lr}")
+        if self.bn_weight < 0:
+            raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+@dataclass
+class RecoveredTask:
+    """One recovered pseudo task (tensors on the recovery device)."""
+
+    images: Tensor
+    """float ``[n, C, H, W]`` in [0, 1]: the generator's output, before normalisation."""
+    labels: Tensor
+    """long ``[n]``: the teacher's classes 0..N-1."""
+    logits: Tensor
+    """The teacher's logits on the normalised images (no augmentation), ``[n, N]``."""
+    teacher: int
+    """Index of the teacher in the zoo."""
+    loss: float
+    """The best (lowest) recovery loss."""
+
+
+class BNStatLoss:
+    """Forward pre-hooks on a teacher's BatchNorm layers summing ``||mu - running_mean|| + ||var - running_var||``.
+
+    Use as a context manager (hooks removed on exit). Under ``functional_call`` the layer's ``running_mean`` is the
+    tensor passed in, so the term is right per teacher inside ``vmap`` too; :meth:`pop` returns and resets the sum.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.terms: list[Tensor] = []
+        self.handles: list = []
+
+    def _hook(self, bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        x = inputs[0]
+        mu = x.mean((0, 2, 3))
+        var = x.var((0, 2, 3), unbiased=False)
+        self.terms.append(torch.linalg.vector_norm(mu - bn.running_mean)
+                          + torch.linalg.vector_norm(var - bn.running_var))
+
+    def pop(self) -> Tensor:
+        total = torch.stack(self.terms).sum() if self.terms else torch.zeros(())
+        self.terms = []
+        return total
+
+    def __enter__(self) -> "BNStatLoss":
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in self.model.modules()
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles, self.terms = [], []
+
+
+def loss_terms(model: nn.Module, bn: BNStatLoss, state: dict[str, Tensor], x: Tensor,
+               y: Tensor) -> tuple[Tensor, Tensor]:
+    """(CE, BN-statistics term) of one teacher ``model`` with ``state`` on normalised inputs ``x``."""
+    logits = functional_call(model, state, (x,))
+    return F.cross_entropy(logits, y), bn.pop()
+
+
+def recovery_loss(teacher: Teacher, images: Tensor, labels: Tensor) -> tuple[float, float]:
+    """(CE, BN-statistics term) of ``teacher`` on recovered ``images`` in [0, 1] (no augmentation); diagnostics."""
+    model = teacher.model().to(images.device)
+    state = {k: v.to(images.device) for k, v in teacher.state.items()}
+    with torch.no_grad(), BNStatLoss(model) as bn:
+        ce, bnl = loss_terms(model, bn, state, normalise(images, teacher.mean, teacher.std), labels)
+    return float(ce), float(bnl)
+
+
+def normalise(x: Tensor, mean: tuple[float, ...] | Tensor, std: tuple[float, ...] | Tensor) -> Tensor:
+    """``(x - mean) / std`` over the channel axis (-3)."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - m) / s
+
+
+PAD = 4  # random-crop padding (authors' code)
+
+
+def augment(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = PAD) -> Tensor:
+    """Per-image random crop (zero padding ``pad``) at offsets ``dy``, ``dx`` and horizontal flip; ``x`` ``[B, C, H, W]``."""
+    b, _, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = xp[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
+
+
+def teacher_rng(seed: int, index: int) -> torch.Generator:
+    """The random stream of teacher ``index`` under ``seed`` (independent of which teachers are recovered along)."""
+    state = np.random.SeedSequence([seed % 2**63, index]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def _group_key(t: Teacher) -> tuple:
+    return t.arch, t.image_size, t.in_channels, t.num_classes
+
+
+def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
+                  seed: int, chunk: int = 0, on_step: Callable[[int], None] | None = None) -> list[RecoveredTask]:
+    """Recover one task for each ``teachers[i]``, ``i`` in ``indices`` (results in that order).
+
+    Same-architecture teachers are recovered together in batches of at most ``chunk`` (0: all at once);
+    ``on_step(k)`` is called after each batched step with ``k`` the number of teachers in that batch.
+    """
+    device = torch.device(device)
+    for i in indices:
+        if not 0 <= i < len(teachers):
+            raise DfmetaError(f"teacher index {i} out of range (the zoo has {len(teachers)} models)")
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        groups.setdefault(_group_key(teachers[i]), []).append(i)
+    done: dict[int, RecoveredTask] = {}
+    for members in groups.values():
+        step = chunk if chunk > 0 else len(members)
+        for lo in range(0, len(members), step):
+            part = members[lo:lo + step]
+            for i, task in zip(part, _recover_batch([teachers[i] for i in part], part, cfg, device, seed, on_step)):
+                done[i] = task
+    return [done[i] for i in indices]
+
+
+def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
+                   seed: int, on_step: Callable[[int], None] | None) -> list[RecoveredTask]:
+    """Batched recovery of same-architecture teachers: vmap over stacked teachers and generators."""
+    t0 = teachers[0]
+    n_cls, size, chans = t0.num_classes, t0.image_size, t0.in_channels
+    n, k = n_cls * cfg.per_class, len(teachers)
+    rngs = [teacher_rng(seed, i) for i in indices]
+
+    with torch.random.fork_rng(devices=[]):  # building modules must not touch the global random stream
+        model = t0.model().to(device)
+        gen = Generator(size, chans, cfg.nz, cfg.nf)
+    tstate = stack_params({kk: v.to(device, torch.float32) if v.is_floating_point() else v.to(device)
+                           for kk, v in t.state.items()} for t in teachers)
+    mean = torch.tensor([t.mean for t in teachers], device=device).view(k, 1, chans, 1, 1)
+    std = torch.tensor([t.std for t in teachers], device=device).view(k, 1, chans, 1, 1)
+    y = torch.arange(n_cls, device=device).repeat_interleave(cfg.per_class)
+
+    gparams = []
+    for r in rngs:  # initialised on the CPU from each teacher's stream: the same on every device
+        gen.reset_parameters(r)
+        gparams.append(params_of(gen))
+    gen = gen.to(device)
+    gp = {kk: v.to(device).requires_grad_() for kk, v in stack_params(gparams).items()}
+    z = torch.stack([torch.randn(n, cfg.nz, generator=r) for r in rngs]).to(device).requires_grad_()
+    opt = torch.optim.Adam([*gp.values(), z], lr=cfg.lr, betas=(0.5, 0.999))
+
+    generate = vmap(lambda p, zz: functional_call(gen, p, (zz,)))
+    best_loss = torch.full((k,), math.inf, device=device)
+    best = torch.zeros(k, n, chans, size, size, device=device)
+    with torch.enable_grad(), BNStatLoss(model) as bn:
+        terms = vmap(lambda s, xx: loss_terms(model, bn, s, xx, y))
+        for _ in range(cfg.steps):
+            x = generate(gp, z)
+            xa = x
+            if cfg.augment:
+                draws = [(torch.randint(0, 2 * PAD + 1, (n,), generator=r),
+                          torch.randint(0, 2 * PAD + 1, (n,), generator=r),
+                          torch.rand(n, generator=r) < 0.5) for r in rngs]
+                dy, dx, flip = (torch.cat(d).to(device) for d in zip(*draws))
+                xa = augment(x.flatten(0, 1), dy, dx, flip).view_as(x)
+            ce, bnl = terms(tstate, (xa - mean) / std)
+            loss = ce + cfg.bn_weight * bnl
+            with torch.no_grad():
+                better = loss < best_loss  # no boolean indexing: no device sync per step
+                best_loss = torch.where(better, loss, best_loss)
+                best = torch.where(better.view(k, 1, 1, 1, 1), x, best)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            if on_step is not None:
+                on_step(k)
+    with torch.no_grad():
+        logits = vmap(lambda s, xx: functional_call(model, s, (xx,)))(tstate, (best - mean) / std)
+    return [RecoveredTask(best[j], y.clone(), logits[j], i, float(best_loss[j])) for j, i in enumerate(indices)]

@@ -1,0 +1,135 @@
+"""Task recovery (Eq. 2-4) and the generator (Table 7): batched = alone, the loss goes down, shapes, seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dfmeta.errors import DfmetaError
+from dfmeta.nets import build
+from dfmeta.nets.generator import Generator
+from dfmeta.recover import (BNStatLoss, RecoveryConfig, augment, recover_tasks, recovery_loss)
+from dfmeta.zoo.format import Teacher
+
+CPU = torch.device("cpu")
+TINY = RecoveryConfig(steps=3, per_class=2, nz=8, nf=4)
+
+
+def random_teacher(seed: int, arch: str = "conv4", size: int = 16, n_cls: int = 3, head: float = 30.0) -> Teacher:
+    """A random teacher with non-trivial running statistics (forward passes in train mode) and a sharp head."""
+    torch.manual_seed(seed)
+    m = build(arch, n_cls, size, 3, "running").train()
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.rand(8, 3, size, size) * (1 + seed * 0.5))
+        for k, v in m.named_parameters():
+            if k.startswith(("head", "fc")):
+                v.mul_(head)
+    return Teacher(str(seed), arch, size, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "test",
+                   [f"class{seed}_{j}" for j in range(n_cls)], {k: v.clone() for k, v in m.state_dict().items()})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tiny ops gain nothing from two, and lose a lot on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def teachers() -> list[Teacher]:
+    return [random_teacher(0), random_teacher(1, "resnet10"), random_teacher(2, n_cls=2)]
+
+
+def test_batched_equals_alone(teachers):
+    together = recover_tasks(teachers, [2, 0, 1], TINY, CPU, seed=7)
+    assert [t.teacher for t in together] == [2, 0, 1]
+    for task in together:
+        alone = recover_tasks(teachers, [task.teacher], TINY, CPU, seed=7)[0]
+        torch.testing.assert_close(task.images, alone.images, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(task.logits, alone.logits, atol=1e-4, rtol=1e-4)
+        assert task.loss == pytest.approx(alone.loss, rel=1e-5)
+
+
+def test_chunks_and_seeds(teachers):
+    same = [random_teacher(0), random_teacher(3), random_teacher(4)]
+    full = recover_tasks(same, [0, 1, 2], TINY, CPU, seed=1)
+    chunked = recover_tasks(same, [0, 1, 2], TINY, CPU, seed=1, chunk=2)
+    for a, b in zip(full, chunked):
+        torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=1e-4)
+    other = recover_tasks(same, [0], TINY, CPU, seed=2)[0]
+    assert not torch.allclose(other.images, full[0].images)
+
+
+def test_recovery_lowers_ce_and_bn_term():
+    t = random_teacher(5)  # bn_weight 0.1: for a random teacher the BN term would otherwise swamp the CE
+    cfg = RecoveryConfig(steps=30, lr=0.05, per_class=8, nz=16, nf=8, bn_weight=0.1)
+    start = recover_tasks([t], [0], RecoveryConfig(**{**cfg.__dict__, "steps": 1}), CPU, seed=0)[0]
+    end = recover_tasks([t], [0], cfg, CPU, seed=0)[0]
+    ce0, bn0 = recovery_loss(t, start.images, start.labels)
+    ce1, bn1 = recovery_loss(t, end.images, end.labels)
+    assert ce1 < ce0 and bn1 < bn0
+    assert end.loss < start.loss
+
+
+def test_shapes_labels_logits(teachers):
+    cfg = RecoveryConfig(steps=2, per_class=5, nz=8, nf=4, augment=False)
+    task = recover_tasks(teachers, [2], cfg, CPU, seed=0)[0]
+    assert task.images.shape == (10, 3, 16, 16) and task.images.dtype == torch.float32
+    assert task.labels.tolist() == [0] * 5 + [1] * 5 and task.labels.dtype == torch.long
+    assert task.logits.shape == (10, 2) and task.teacher == 2
+    assert 0 <= task.images.min() and task.images.max() <= 1
+    t = teachers[2]
+    x = (task.images - torch.tensor(t.mean).view(3, 1, 1)) / torch.tensor(t.std).view(3, 1, 1)
+    torch.testing.assert_close(task.logits, t.model()(x), atol=1e-5, rtol=1e-4)
+    ce, bn = recovery_loss(t, task.images, task.labels)  # no augmentation: the kept batch's own loss
+    assert task.loss == pytest.approx(ce + bn, rel=1e-4)
+
+
+@pytest.mark.parametrize("size", [32, 84])
+def test_generator_shapes_and_range(size):
+    g = Generator(size, 3, nz=16, nf=8)
+    x = g(torch.randn(5, 16) * 10)
+    assert x.shape == (5, 3, size, size)
+    assert 0 <= x.min() and x.max() <= 1
+    assert g.fc.out_features == 16 * (size // 4) ** 2
+
+
+def test_generator_init_and_errors():
+    g = Generator(32, 1, nz=16, nf=8)
+    a = dict(g.named_parameters())
+    g.reset_parameters(torch.Generator().manual_seed(3))
+    b = {k: v.detach().clone() for k, v in g.named_parameters()}
+    g.reset_parameters(torch.Generator().manual_seed(3))
+    assert all(torch.equal(b[k], v) for k, v in g.named_parameters())
+    assert abs(float(b["bn1.weight"].mean()) - 1) < 0.05 and float(b["conv1.weight"].detach().std()) < 0.03
+    assert float(b["bn1.bias"].abs().sum()) == 0 and a["conv3.weight"].shape == (1, 8, 3, 3)
+    with pytest.raises(DfmetaError, match="multiple of 4"):
+        Generator(30)
+
+
+def test_augment_crop_and_flip():
+    x = torch.rand(2, 3, 8, 8)
+    centre = torch.full((2,), 4)
+    torch.testing.assert_close(augment(x, centre, centre, torch.tensor([False, True])),
+                               torch.stack([x[0], x[1].flip(-1)]))
+    shifted = augment(x, torch.zeros(2, dtype=torch.long), centre, torch.tensor([False, False]))
+    torch.testing.assert_close(shifted[:, :, 4:], x[:, :, :4])
+    assert float(shifted[:, :, :4].abs().sum()) == 0
+
+
+def test_bn_hooks_removed(teachers):
+    m = teachers[0].model()
+    with BNStatLoss(m) as bn:
+        m(torch.rand(4, 3, 16, 16))
+        assert float(bn.pop().detach()) > 0
+    assert all(not mod._forward_pre_hooks for mod in m.modules())
+
+
+def test_bad_config_and_index(teachers):
+    with pytest.raises(DfmetaError, match="steps"):
+        RecoveryConfig(steps=0)
+    with pytest.raises(DfmetaError, match="out of range"):
+        recover_tasks(teachers, [3], TINY, CPU, seed=0)
