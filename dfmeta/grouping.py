@@ -59,7 +59,7 @@ class GroupingConfig:
     probe: str = "resnet34"
     """Architecture of the Fisher probe loaded from --probe-weights."""
     probe_weights: str = ""
-    """torchvision-format ImageNet ResNet-34 weights (.pth state dict or .safetensors); empty: data-free fallback probe."""
+    """torchvision-format ImageNet ResNet-34 weights (.pth state dict or .safetensors); empty: data-free fallback."""
     fallback_probe: str = "conv4"
     """Architecture of the data-free fallback probe (randomly initialised with --seed, 1000-way head)."""
     probe_size: int = 0

@@ -10,9 +10,11 @@ The lowest-loss batch over the steps is kept.
 
 All requested teachers are recovered in one batched computation: teachers sharing an architecture (and image size,
 channels, classes) are stacked and run under ``torch.func.vmap``, each with its own stacked generator and codes.
-Adam is elementwise, so one Adam over the stacked tensors is exactly per-teacher Adam. Every random draw of a
-teacher (generator init, Z, augmentation) comes from its own ``torch.Generator`` seeded by ``(seed, teacher index)``:
-recovering a teacher alone or together with others gives the same task.
+Adam is elementwise, so one Adam over the stacked tensors is exactly per-teacher Adam. The BN-statistics term is
+computed by forward pre-hooks on the teacher's BatchNorm layers (:class:`BNStatLoss`): under ``functional_call`` a
+layer's ``running_mean`` is the tensor passed in, so inside ``vmap`` each teacher is compared with its own
+statistics. Every random draw of a teacher (generator init, Z, augmentation) comes from its own ``torch.Generator``
+seeded by ``(seed, teacher index)``: recovering a teacher alone or together with others gives the same task.
 """
 
 from __future__ import annotations
@@ -116,6 +118,24 @@ class BNStatLoss:
         self.handles, self.terms = [], []
 
 
+class _EvalBN(nn.BatchNorm2d):
+    """Eval-mode BatchNorm written out elementwise: under ``vmap`` with batched running statistics, ``F.batch_norm``
+    fails on CUDA (cuDNN queries the memory format of a batched tensor)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return (x - self.running_mean[:, None, None]) * scale[:, None, None] + self.bias[:, None, None]
+
+
+def frozen_teacher(teacher: Teacher) -> nn.Module:
+    """The teacher in eval mode, its BatchNorm layers as :class:`_EvalBN` (same parameters and buffers)."""
+    model = teacher.model()
+    for m in model.modules():
+        if type(m) is nn.BatchNorm2d and m.affine and m.track_running_stats:
+            m.__class__ = _EvalBN
+    return model.requires_grad_(False)
+
+
 def loss_terms(model: nn.Module, bn: BNStatLoss, state: dict[str, Tensor], x: Tensor,
                y: Tensor) -> tuple[Tensor, Tensor]:
     """(CE, BN-statistics term) of one teacher ``model`` with ``state`` on normalised inputs ``x``."""
@@ -125,7 +145,7 @@ def loss_terms(model: nn.Module, bn: BNStatLoss, state: dict[str, Tensor], x: Te
 
 def recovery_loss(teacher: Teacher, images: Tensor, labels: Tensor) -> tuple[float, float]:
     """(CE, BN-statistics term) of ``teacher`` on recovered ``images`` in [0, 1] (no augmentation); diagnostics."""
-    model = teacher.model().to(images.device)
+    model = frozen_teacher(teacher).to(images.device)
     state = {k: v.to(images.device) for k, v in teacher.state.items()}
     with torch.no_grad(), BNStatLoss(model) as bn:
         ce, bnl = loss_terms(model, bn, state, normalise(images, teacher.mean, teacher.std), labels)
@@ -143,7 +163,7 @@ PAD = 4  # random-crop padding (authors' code)
 
 
 def augment(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = PAD) -> Tensor:
-    """Per-image random crop (zero padding ``pad``) at offsets ``dy``, ``dx`` and horizontal flip; ``x`` ``[B, C, H, W]``."""
+    """Per-image random crop (zero padding ``pad``) at offsets ``dy``, ``dx``, then horizontal flip; x: [B, C, H, W]."""
     b, _, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
     rows = dy[:, None] + torch.arange(h, device=x.device)
@@ -157,6 +177,17 @@ def teacher_rng(seed: int, index: int) -> torch.Generator:
     """The random stream of teacher ``index`` under ``seed`` (independent of which teachers are recovered along)."""
     state = np.random.SeedSequence([seed % 2**63, index]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+def teachers_per_batch(cfg: RecoveryConfig, image_size: int, device: torch.device, n_classes: int = 5) -> int:
+    """How many teachers to recover together: 8 on the CPU; on CUDA what fits in 60% of the free memory, at about
+    0.5 GiB per teacher for 150 images of 32 px with nf = 64 (measured on an H100), scaled by images, pixels, width."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 8
+    per = 0.5 * 2**30 * (n_classes * cfg.per_class / 150) * (image_size / 32) ** 2 * max(cfg.nf / 64, 0.25)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(64, int(0.6 * free / per)))
 
 
 def _group_key(t: Teacher) -> tuple:
@@ -196,7 +227,7 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryCon
     rngs = [teacher_rng(seed, i) for i in indices]
 
     with torch.random.fork_rng(devices=[]):  # building modules must not touch the global random stream
-        model = t0.model().to(device)
+        model = frozen_teacher(t0).to(device)
         gen = Generator(size, chans, cfg.nz, cfg.nf)
     tstate = stack_params({kk: v.to(device, torch.float32) if v.is_floating_point() else v.to(device)
                            for kk, v in t.state.items()} for t in teachers)

@@ -194,3 +194,5 @@ def test_group_command(tmp_path, capsys):
     assert "(cached W)" in capsys.readouterr().out
     assert main(args[:3] + ["--groups", "4"]) == 2
     assert "larger than the zoo" in capsys.readouterr().err
+    assert main(args + ["--probe-weights", str(tmp_path / "none.pth")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import build
 from dfmeta.nets.generator import Generator
-from dfmeta.recover import (BNStatLoss, RecoveryConfig, augment, recover_tasks, recovery_loss)
+from dfmeta.recover import BNStatLoss, RecoveryConfig, augment, recover_tasks, recovery_loss, teachers_per_batch
 from dfmeta.zoo.format import Teacher
 
 CPU = torch.device("cpu")
@@ -133,3 +133,4 @@ def test_bad_config_and_index(teachers):
         RecoveryConfig(steps=0)
     with pytest.raises(DfmetaError, match="out of range"):
         recover_tasks(teachers, [3], TINY, CPU, seed=0)
+    assert teachers_per_batch(TINY, 32, CPU) == 8

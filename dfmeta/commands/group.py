@@ -10,13 +10,14 @@ import io
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
 from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
-from dfmeta.grouping import GroupingConfig, group_teachers
-from dfmeta.recover import RecoveryConfig, recover_tasks
+from dfmeta.grouping import GroupingConfig, group_teachers, load_probe
+from dfmeta.recover import RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, resolve_device
 
 
@@ -33,7 +34,7 @@ class GroupCommandConfig(RecoveryConfig, GroupingConfig):
     device: str = "auto"
     """Torch device: auto (CUDA when available), cpu, cuda, ..."""
     chunk: int = 0
-    """Teachers recovered together in one batched computation (0: 32 on CUDA, 8 on CPU)."""
+    """Teachers recovered together in one batched computation (0: as many as fit the GPU memory; 8 on CPU)."""
     seed: int = 42
     """Seed of task recovery, of the fallback probe's initialisation and of spectral clustering."""
 
@@ -82,9 +83,12 @@ def run_group(cfg: GroupCommandConfig) -> None:
     if cfg.groups > len(zoo):
         raise DfmetaError(f"field 'groups': c = {cfg.groups} is larger than the zoo ({len(zoo)} models)")
     device = resolve_device(cfg.device)
-    run = RunDir(cfg.run_dir, cfg) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed, cfg)
     rcfg, gcfg = _sub(RecoveryConfig, cfg), _sub(GroupingConfig, cfg)
-    chunk = cfg.chunk or (32 if device.type == "cuda" else 8)
+    if gcfg.probe_weights:
+        load_probe(gcfg, torch.device("cpu"))  # a bad weights file fails now, not after the recovery
+    run = RunDir(cfg.run_dir, cfg) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed, cfg)
+    big = max(zoo.teachers, key=lambda t: t.image_size ** 2 * t.num_classes)
+    chunk = cfg.chunk or teachers_per_batch(rcfg, big.image_size, device, big.num_classes)
 
     fisher_bar = None
 
@@ -120,5 +124,5 @@ def run_group(cfg: GroupCommandConfig) -> None:
     print(f"run directory: {run.path} (groups.json, W.png, fisher.npz)")
 
 
-COMMANDS = [Command("group", "Group a zoo's teachers by task dissimilarity (TGR Eq. 5-7); writes groups.json and W.png.",
+COMMANDS = [Command("group", "Group a zoo's teachers by task dissimilarity (TGR Eq. 5-7); writes groups.json, W.png.",
                     GroupCommandConfig, run_group)]
