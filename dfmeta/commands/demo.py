@@ -42,6 +42,10 @@ class DemoConfig(EvalFields):
     """Generator steps per recovered task."""
     rec_per_class: int = 10
     """Recovered images per class."""
+    rec_nf: int = 16
+    """Generator width (the paper's 64 is slow on a CPU)."""
+    image_size: int = 16
+    """Image size of the embedded dataset (32 is the paper's CIFAR size; 16 is 4x cheaper on a CPU)."""
     episodes: int = 100
     """Evaluation episodes per setting."""
     val_every: int = 10
@@ -57,11 +61,11 @@ def run_demo(cfg: DemoConfig) -> None:
     device = resolve_device(cfg.device)
     run = RunDir.new(cfg.out_dir, "embedded", "demo", cfg.seed, cfg)
     print(f"run directory: {run.path}\n[1/3] building a zoo of {cfg.teachers} teachers on the embedded dataset")
-    train_split = load_split("embedded", "train")
+    train_split = load_split("embedded", "train", image_size=cfg.image_size)
     build_zoo(run.path / "zoo", train_split, "embedded",
               ZooRecipe(teachers=cfg.teachers, epochs=cfg.teacher_epochs, batch_size=64), cfg.seed, device)
     zoo = load_zoo(run.path / "zoo")
-    test = load_split("embedded", "test")
+    test = load_split("embedded", "test", image_size=cfg.image_size)
     rows: dict[str, dict[int, dict]] = {}
     print("[2/3] baselines on meta-test")
     for method in ("finetune", "best-model", "average", "ota"):
@@ -73,7 +77,7 @@ def run_demo(cfg: DemoConfig) -> None:
     tcfg = TrainConfig(dataset="embedded", seed=cfg.seed, device=cfg.device, out_dir=str(run.path),
                        zoo=str(run.path / "zoo"), epochs=cfg.epochs, groups=cfg.groups,
                        teachers_per_epoch=cfg.teachers_per_epoch, rec_steps=cfg.rec_steps,
-                       rec_per_class=cfg.rec_per_class, val_every=cfg.val_every, val_episodes=cfg.episodes,
+                       rec_per_class=cfg.rec_per_class, rec_nf=cfg.rec_nf, image_size=cfg.image_size, val_every=cfg.val_every, val_episodes=cfg.episodes,
                        episodes=cfg.episodes, shots=cfg.shots, ways=cfg.ways, queries=cfg.queries,
                        eval_steps=cfg.eval_steps, eval_lr=cfg.eval_lr, episode_batch=cfg.episode_batch,
                        episode_seed=cfg.episode_seed, replay_max_batches=2, meta_batch=4, fisher_samples=10,

@@ -32,6 +32,7 @@ from dfmeta.data.registry import load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import Evaluator, EvalResult
 from dfmeta.nets import build, params_of
+from dfmeta.recover import normalise
 from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything
 
 
@@ -43,6 +44,8 @@ class TrainConfig(DataConfig, EvalFields):
     """Teacher zoo directory (dfmeta format; `dfmeta zoo import` converts the authors')."""
     arch: str = "conv4"
     """Meta-model architecture."""
+    image_size: int = 0
+    """Resize the dataset's images to this size (0: the dataset's own); must match the zoo's."""
     epochs: int = 1000
     """T: meta-training epochs."""
     teachers_per_epoch: int = 4
@@ -75,6 +78,8 @@ class TrainConfig(DataConfig, EvalFields):
     """Adam learning rate of the generator and latent codes."""
     rec_per_class: int = 30
     """Recovered images per class (150 for a 5-way teacher)."""
+    rec_nf: int = 64
+    """Generator width nf (Table 7: 64); smaller is much cheaper on a CPU."""
     rec_bn_weight: float = 1.0
     """Weight of the BatchNorm-statistics term of the recovery loss."""
     replay: bool = True
@@ -128,13 +133,6 @@ def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
-def normalise(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """[0, 1] images ``[..., C, H, W]`` to normalised model inputs."""
-    m = torch.tensor(mean, device=images.device, dtype=images.dtype).view(-1, 1, 1)
-    s = torch.tensor(std, device=images.device, dtype=images.dtype).view(-1, 1, 1)
-    return (images - m) / s
-
-
 class Trainer:
     """Runs one TGR meta-training; see the module docstring for the algorithm."""
 
@@ -146,12 +144,12 @@ class Trainer:
         seed_everything(cfg.seed)
         self.zoo = load_zoo(cfg.zoo)
         self._check_zoo()
-        self.val_split = load_split(cfg.dataset, "val", cfg.data_root)
+        self.val_split = load_split(cfg.dataset, "val", cfg.data_root, cfg.image_size or None)
         if (self.val_split.image_size, self.val_split.channels) != (self.image_size, self.channels):
             raise DfmetaError(f"{cfg.zoo}: the zoo's teachers take {self.image_size}px {self.channels}-channel images, "
                               f"dataset {cfg.dataset} has {self.val_split.image_size}px "
                               f"{self.val_split.channels}-channel images")
-        self.test_split = load_split(cfg.dataset, "test", cfg.data_root)
+        self.test_split = load_split(cfg.dataset, "test", cfg.data_root, cfg.image_size or None)
         self.model = build(cfg.arch, self.n_way, self.image_size, self.channels, bn="batch").to(self.device)
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in params_of(self.model).items()}
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -160,6 +158,8 @@ class Trainer:
         self.epoch = 0
         self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
         self.groups: np.ndarray | None = None
+        # vmapped recovery turns convolutions into grouped ones: a win on a GPU, slower than a loop on a CPU
+        self.rec_chunk = 0 if self.device.type == "cuda" else 1
         self.val = Evaluator(self.val_split, cfg.ways, cfg.train_shot, cfg.queries, cfg.val_episodes,
                              cfg.episode_seed, cfg.eval_steps, cfg.eval_lr, self.device, cfg.episode_batch or None)
 
@@ -185,7 +185,8 @@ class Trainer:
     def recovery_config(self):
         from dfmeta.recover import RecoveryConfig
         c = self.cfg
-        return RecoveryConfig(steps=c.rec_steps, lr=c.rec_lr, per_class=c.rec_per_class, bn_weight=c.rec_bn_weight)
+        return RecoveryConfig(steps=c.rec_steps, lr=c.rec_lr, per_class=c.rec_per_class, nf=c.rec_nf,
+                              bn_weight=c.rec_bn_weight)
 
     def group(self) -> np.ndarray:
         """Task grouping (Eq. 5-7), cached in the run directory."""
@@ -197,14 +198,15 @@ class Trainer:
             with np.load(path) as z:
                 return z["labels"]
         from dfmeta.grouping import GroupingConfig, group_teachers
-        from dfmeta.recover import recover_tasks
+        from dfmeta.recover import recover_tasks, teachers_per_batch
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
-        chunk = 32 if self.device.type == "cuda" else 8
+        rcfg = self.recovery_config()
+        chunk = teachers_per_batch(rcfg, self.image_size, self.device, self.n_way)
         for lo in range(0, len(idx), chunk):
-            tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], self.recovery_config(), self.device,
-                                   epoch_seed(cfg.seed, 0, 7) + lo)
+            tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], rcfg, self.device,
+                                   epoch_seed(cfg.seed, 0, 7), chunk=self.rec_chunk)
             print(f"  grouping: recovered tasks {min(lo + chunk, len(idx))}/{len(idx)}", flush=True)
         gcfg = GroupingConfig(groups=cfg.groups, mode=cfg.grouping, probe_weights=cfg.probe_weights,
                               fisher_samples=cfg.fisher_samples)
@@ -279,7 +281,7 @@ class Trainer:
             loss.backward()
             self.opt.step()
             n += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             acc = float(acc)
             if acc > best:
                 best, stale = acc, 0
@@ -339,7 +341,8 @@ class Trainer:
             t = {}
             t0 = time.perf_counter()
             chosen = self.pick_teachers(epoch)
-            tasks = recover_tasks(self.zoo.teachers, chosen, rcfg, self.device, epoch_seed(cfg.seed, epoch, 0))
+            tasks = recover_tasks(self.zoo.teachers, chosen, rcfg, self.device, epoch_seed(cfg.seed, epoch, 0),
+                                  chunk=self.rec_chunk)
             t1 = time.perf_counter()
             stats = self.meta_step(tasks)
             t2 = time.perf_counter()

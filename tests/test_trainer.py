@@ -1,0 +1,115 @@
+"""The TGR trainer end to end at toy scale: determinism, exact resume after a stop, honest selection, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfmeta.config import make, replace
+from dfmeta.errors import DfmetaError
+from dfmeta.meta.trainer import TrainConfig, train
+from dfmeta.nets import build
+from dfmeta.zoo.format import Teacher, save_teacher, write_manifest
+
+SIZE = 16
+
+
+def make_zoo(path: Path, n: int = 6, size: int = SIZE) -> Path:
+    """A zoo of random Conv4 teachers with non-trivial BatchNorm statistics (no training needed)."""
+    entries = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        m = build("conv4", 5, size, 3, "running").train()
+        with torch.no_grad():
+            m(torch.randn(16, 3, size, size) * (1 + 0.3 * i))
+        t = Teacher(str(i), "conv4", size, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "embedded",
+                    [f"pattern_{5 * i + j:03d}" for j in range(5)], dict(m.state_dict()), 50.0 + i)
+        entries.append(save_teacher(path, t))
+    write_manifest(path, entries)
+    return path
+
+
+def tiny(zoo: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(dataset="embedded", image_size=SIZE, zoo=str(zoo), out_dir=str(out), device="cpu", epochs=4,
+                val_every=2, teachers_per_epoch=2, groups=2, small_groups="merge", rec_steps=2, rec_per_class=2,
+                rec_nf=8, val_episodes=3, episodes=3, shots=(1,), meta_batch=2, replay_max_batches=2,
+                fisher_samples=2, replay_queries=1, eval_steps=2)
+    base.update(kw)
+    return make(TrainConfig, base)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    return make_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+def run_dir(out: Path) -> Path:
+    (d,) = [p for p in out.iterdir() if p.is_dir()]
+    return d
+
+
+def final_state(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir(out) / "checkpoint.pt", weights_only=False)["params"]
+
+
+def test_resume_after_stop_equals_uninterrupted(zoo, tmp_path):
+    full = train(tiny(zoo, tmp_path / "a"))
+    stopped = train(tiny(zoo, tmp_path / "b", stop_after=3))
+    assert stopped == {"stopped_at": 3}
+    resumed = train(make(TrainConfig, {"resume": str(run_dir(tmp_path / "b")), "device": "cpu"}))
+    assert resumed == full
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a = [json.loads(x) for x in (run_dir(tmp_path / "a") / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (run_dir(tmp_path / "b") / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+    assert strip(rows_a) == strip(rows_b)
+
+
+def test_metrics_and_honest_selection(zoo, tmp_path):
+    res = train(tiny(zoo, tmp_path, epochs=2, val_every=1))
+    d = run_dir(tmp_path)
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in rows if "epoch" in r]
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for key in ("loss", "regulariser", "cosine", "t_recover", "t_igr", "t_replay", "val_acc"):
+        assert key in epochs[-1]
+    tests = [r for r in rows if r.get("final_test")]
+    assert len(tests) == 1  # meta-test touched once, after training
+    best = max(epochs, key=lambda r: r["val_acc"])
+    assert res["selected_epoch"] == best["epoch"]
+    assert (d / "best.pt").exists() and (d / "config.json").exists() and (d / "groups.json").exists()
+
+
+def test_bad_input_before_compute(zoo, tmp_path):
+    with pytest.raises(DfmetaError, match="teachers_per_epoch"):
+        train(tiny(zoo, tmp_path, teachers_per_epoch=50))
+    with pytest.raises(DfmetaError, match="groups"):
+        train(tiny(zoo, tmp_path, groups=50))
+    with pytest.raises(DfmetaError, match="--ways"):
+        train(tiny(zoo, tmp_path, ways=3))
+    with pytest.raises(DfmetaError, match="32px|px"):
+        train(tiny(zoo, tmp_path, image_size=32))
+    with pytest.raises(DfmetaError, match="unknown field"):
+        make(TrainConfig, {"zoo": "x", "no_such_field": 1})
+    with pytest.raises(DfmetaError, match="fewer than m"):
+        train(tiny(zoo, tmp_path, small_groups="error", groups=3, teachers_per_epoch=4))
+
+
+def test_presets_are_valid_configs():
+    from dfmeta.commands.train import PRESETS
+    for name, values in PRESETS.items():
+        cfg = make(TrainConfig, {"zoo": "z", **values})
+        assert replace(cfg, seed=1).seed == 1, name
