@@ -247,17 +247,19 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryCon
     generate = vmap(lambda p, zz: functional_call(gen, p, (zz,)))
     best_loss = torch.full((k,), math.inf, device=device)
     best = torch.zeros(k, n, chans, size, size, device=device)
+    if cfg.augment:  # every step's crops and flips drawn up front (same order): one copy, no per-step sync
+        draws = [[(torch.randint(0, 2 * PAD + 1, (n,), generator=r),
+                   torch.randint(0, 2 * PAD + 1, (n,), generator=r),
+                   torch.rand(n, generator=r) < 0.5) for r in rngs] for _ in range(cfg.steps)]
+        dys, dxs, flips = (torch.stack([torch.cat(d) for d in per]).to(device)
+                           for per in zip(*[list(zip(*step)) for step in draws]))
     with torch.enable_grad(), BNStatLoss(model) as bn:
         terms = vmap(lambda s, xx: loss_terms(model, bn, s, xx, y))
-        for _ in range(cfg.steps):
+        for step in range(cfg.steps):
             x = generate(gp, z)
             xa = x
             if cfg.augment:
-                draws = [(torch.randint(0, 2 * PAD + 1, (n,), generator=r),
-                          torch.randint(0, 2 * PAD + 1, (n,), generator=r),
-                          torch.rand(n, generator=r) < 0.5) for r in rngs]
-                dy, dx, flip = (torch.cat(d).to(device) for d in zip(*draws))
-                xa = augment(x.flatten(0, 1), dy, dx, flip).view_as(x)
+                xa = augment(x.flatten(0, 1), dys[step], dxs[step], flips[step]).view_as(x)
             ce, bnl = terms(tstate, (xa - mean) / std)
             loss = ce + cfg.bn_weight * bnl
             with torch.no_grad():

@@ -113,3 +113,10 @@ def test_presets_are_valid_configs():
     for name, values in PRESETS.items():
         cfg = make(TrainConfig, {"zoo": "z", **values})
         assert replace(cfg, seed=1).seed == 1, name
+
+
+def test_time_limit_ends_the_run_with_selection_and_one_test(zoo, tmp_path):
+    res = train(tiny(zoo, tmp_path, epochs=50, val_every=25, time_limit=1e-9))
+    assert res["epochs_run"] == 1 and res["selected_epoch"] == 1
+    rows = [json.loads(x) for x in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    assert sum(1 for r in rows if r.get("final_test")) == 1

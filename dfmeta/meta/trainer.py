@@ -108,6 +108,9 @@ class TrainConfig(DataConfig, EvalFields):
     """Episodes per validation."""
     stop_after: int = 0
     """Stop (with a checkpoint) after this many epochs in this call; `--resume` continues (0: run to the end)."""
+    time_limit: float = 0
+    """Meta-train for at most this many seconds (this call), then validate, select and meta-test as if T were the
+    epochs reached (0: no limit). For the largest run that fits a time budget."""
     resume: str = ""
     """Resume this run directory from its checkpoint (its stored config is used)."""
 
@@ -319,6 +322,16 @@ class Trainer:
     def validate(self) -> EvalResult:
         return self.val(self.model, self.params)
 
+    def validate_and_select(self, epoch: int, row: dict[str, Any]) -> None:
+        """Meta-val accuracy of the current meta-model; keep it as ``best.pt`` if it is the best so far; checkpoint."""
+        res = self.validate()
+        row.update(val_acc=res.mean, val_ci95=res.ci95)
+        if res.mean > self.best["acc"]:
+            self.best = {"acc": res.mean, "ci95": res.ci95, "epoch": epoch}
+            atomic_torch_save({k: v.detach().cpu() for k, v in self.params.items()}, self.run.path / "best.pt")
+        self.run.log(**row)
+        self.save_checkpoint()
+
     def fit(self) -> dict[str, Any]:
         """Meta-train (resuming if a checkpoint exists), then meta-test the meta-val-selected model once."""
         cfg = self.cfg
@@ -331,12 +344,18 @@ class Trainer:
         self.groups = self.usable_groups(self.group())
         from dfmeta.recover import recover_tasks
         rcfg = self.recovery_config()
-        start, ran = self.epoch, 0
+        start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, initial=start, desc="meta-train", unit="ep", dynamic_ncols=True)
         while self.epoch < cfg.epochs:
             if cfg.stop_after and ran >= cfg.stop_after:
                 break
+            if cfg.time_limit and ran and time.perf_counter() - t_start > cfg.time_limit:
+                bar.close()
+                print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}: ending the run there")
+                if last_val != self.epoch:
+                    self.validate_and_select(self.epoch, {"validated_epoch": self.epoch, "time_limit_end": True})
+                return self.meta_test()
             epoch = self.epoch + 1
             t = {}
             t0 = time.perf_counter()
@@ -357,14 +376,8 @@ class Trainer:
             row = {"epoch": epoch, "teachers": [self.zoo[i].id for i in chosen],
                    "rec_loss": float(np.mean([x.loss for x in tasks])), **stats, **t}
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
-                res = self.validate()
-                row.update(val_acc=res.mean, val_ci95=res.ci95)
-                if res.mean > self.best["acc"]:
-                    self.best = {"acc": res.mean, "ci95": res.ci95, "epoch": epoch}
-                    atomic_torch_save({k: v.detach().cpu() for k, v in self.params.items()},
-                                      self.run.path / "best.pt")
-                self.run.log(**row)
-                self.save_checkpoint()
+                self.validate_and_select(epoch, row)
+                last_val = epoch
             else:
                 self.run.log(**row)
             bar.update(1)
@@ -381,8 +394,8 @@ class Trainer:
         """Evaluate the meta-val-selected parameters once on meta-test, at every K of ``shots``."""
         cfg = self.cfg
         best = torch.load(self.run.path / "best.pt", map_location=self.device, weights_only=True)
-        out: dict[str, Any] = {"method": "tgr", "selected_epoch": self.best["epoch"], "val_acc": self.best["acc"],
-                               "test": {}}
+        out: dict[str, Any] = {"method": "tgr", "epochs_run": self.epoch, "selected_epoch": self.best["epoch"],
+                               "val_acc": self.best["acc"], "test": {}}
         for k in cfg.shots:
             ev = Evaluator(self.test_split, cfg.ways, k, cfg.queries, cfg.episodes, cfg.episode_seed, cfg.eval_steps,
                            cfg.eval_lr, self.device, cfg.episode_batch or None)
@@ -402,7 +415,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not (path / "config.json").is_file():
             raise DfmetaError(f"{path}: not a run directory (no config.json)")
         stored = json.loads((path / "config.json").read_text())
-        stored.update(resume="", stop_after=cfg.stop_after, device=cfg.device)
+        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, device=cfg.device)
         cfg = make(TrainConfig, stored)
         run = RunDir(path)
     else:
