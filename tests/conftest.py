@@ -27,6 +27,15 @@ def require_data(sub: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny ops: two gain nothing and lose a lot on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Unit tests decode into a private cache; the real-data cache is shared across tests for speed."""

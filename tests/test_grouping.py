@@ -23,7 +23,9 @@ from dfmeta.grouping import (GroupingConfig, _batch_stats, _fisher_sums, dissimi
 from dfmeta.nets import build
 from dfmeta.recover import RecoveredTask
 from dfmeta.zoo.format import Zoo, save_teacher, write_manifest
-from test_recover import _one_thread, random_teacher  # noqa: F401  (fixture reused)
+from test_recover import random_teacher
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CPU = torch.device("cpu")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import data_root, require_data
 from dfmeta.baselines import BASELINES, BaselineInput
@@ -37,7 +36,7 @@ def test_finetune_on_cifar_fs_is_in_the_expected_range():
     assert 24 < res.mean < 40, res
 
 
-def test_tgr_runs_from_the_reference_zoo(reference_zoo, tmp_path):
+def test_tgr_runs_from_the_reference_zoo(reference_zoo, tmp_path, one_thread):
     zoo = load_zoo(reference_zoo)
     small = tmp_path / "zoo"
     write_manifest(small, [save_teacher(small, t) for t in zoo.teachers[:6]])
@@ -46,12 +45,7 @@ def test_tgr_runs_from_the_reference_zoo(reference_zoo, tmp_path):
         device="cpu", epochs=2, val_every=1, teachers_per_epoch=2, groups=2, small_groups="merge", rec_steps=2,
         rec_per_class=2, rec_nf=8, val_episodes=4, episodes=4, meta_batch=2, replay_max_batches=1, fisher_samples=2,
         replay_queries=1))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = train(cfg)
-    finally:
-        torch.set_num_threads(n)
+    res = train(cfg)
     assert set(res["test"]) == {"1", "5"} and res["epochs_run"] == 2
     run = next(p for p in tmp_path.iterdir() if p.name.startswith("cifar-fs__tgr"))
     assert json.loads((run / "results.json").read_text()) == res

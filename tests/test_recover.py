@@ -11,6 +11,8 @@ from dfmeta.nets.generator import Generator
 from dfmeta.recover import BNStatLoss, RecoveryConfig, augment, recover_tasks, recovery_loss, teachers_per_batch
 from dfmeta.zoo.format import Teacher
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 TINY = RecoveryConfig(steps=3, per_class=2, nz=8, nf=4)
 
@@ -29,13 +31,6 @@ def random_teacher(seed: int, arch: str = "conv4", size: int = 16, n_cls: int = 
                    [f"class{seed}_{j}" for j in range(n_cls)], {k: v.clone() for k, v in m.state_dict().items()})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these tiny ops gain nothing from two, and lose a lot on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from dfmeta.meta.trainer import TrainConfig, train
 from dfmeta.nets import build
 from dfmeta.zoo.format import Teacher, save_teacher, write_manifest
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 16
 
 
@@ -39,14 +41,6 @@ def tiny(zoo: Path, out: Path, **kw) -> TrainConfig:
                 fisher_samples=2, replay_queries=1, eval_steps=2)
     base.update(kw)
     return make(TrainConfig, base)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
