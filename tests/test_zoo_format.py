@@ -37,7 +37,8 @@ def test_round_trip(zoo_dir):
     assert [t.id for t in zoo.teachers] == ["0", "1"] and zoo.skipped == []
     ref = make_teacher("1", seed=1)
     t = zoo[1]
-    assert (t.arch, t.image_size, t.in_channels, t.class_names, t.heldout_acc) == ("conv4", 16, 3, ["a", "b", "c"], None)
+    assert (t.arch, t.image_size, t.in_channels, t.heldout_acc) == ("conv4", 16, 3, None)
+    assert t.class_names == ["a", "b", "c"]
     assert t.mean == (0.5,) * 3 and t.recipe == {"epochs": 1} and zoo[0].heldout_acc == 70.0
     assert t.state.keys() == ref.state.keys() and all(torch.equal(t.state[k], ref.state[k]) for k in t.state)
     x = torch.randn(2, 3, 16, 16)

@@ -1,0 +1,123 @@
+"""``dfmeta zoo build | import | info``: make, convert and inspect teacher zoos."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfmeta.cli import Command
+from dfmeta.commands.common import DataConfig
+from dfmeta.data.registry import DATASETS, default_data_root, load_split
+from dfmeta.errors import DfmetaError
+from dfmeta.runs import resolve_device, seed_everything
+from dfmeta.zoo.build import ZooRecipe, build_zoo, parse_shard, rebuild_manifest
+from dfmeta.zoo.format import load_zoo
+
+
+@dataclass(frozen=True)
+class ZooBuildConfig(DataConfig, ZooRecipe):
+    """Train a zoo of teachers on the meta-train split."""
+
+    zoo: str = "zoo"
+    """Zoo directory to write; rerunning resumes (finished teachers are skipped)."""
+    image_size: int = 0
+    """Image size (0: the dataset's own)."""
+    teachers_at_once: int = 0
+    """Teachers trained together in one stacked step (0: 64 on CUDA, 1 on a CPU, where batching does not pay)."""
+    shard: str = ""
+    """Train only teachers with index % n == i, given as i/n (default: torchrun's RANK/WORLD_SIZE, else all)."""
+
+    def validate(self) -> None:
+        DataConfig.validate(self)
+        ZooRecipe.validate(self)
+        parse_shard(self.shard)
+
+
+def run_build(cfg: ZooBuildConfig) -> None:
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = resolve_device(f"cuda:{os.environ['LOCAL_RANK']}")
+    shard = parse_shard(cfg.shard)
+    split = load_split(cfg.dataset, "train", cfg.data_root, cfg.image_size or None)
+    recipe = ZooRecipe(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ZooRecipe)})
+    rep = build_zoo(cfg.zoo, split, cfg.dataset, recipe, cfg.seed, device, shard, cfg.teachers_at_once)
+    where = f"shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "the zoo"
+    print(f"{cfg.zoo}: trained {len(rep.trained)} teachers, {len(rep.skipped)} already done, {rep.total} in {where}")
+
+
+@dataclass(frozen=True)
+class ZooImportConfig:
+    """Convert a zoo in the TGR authors' format into dfmeta's."""
+
+    src: str = ""
+    """Authors'-format zoo: model/model_specific_{i}.pth and manifest.json with the class names."""
+    dst: str = ""
+    """dfmeta zoo directory to write."""
+    dataset: str = "cifar-fs"
+    """Dataset the teachers were trained on (recorded per teacher)."""
+    skip_bad: bool = False
+    """Leave out unreadable or malformed models (reported) instead of stopping."""
+
+    def validate(self) -> None:
+        for name in ("src", "dst"):
+            if not getattr(self, name):
+                raise DfmetaError(f"field {name!r}: required (--{name} DIR)")
+
+
+def run_import(cfg: ZooImportConfig) -> None:
+    from dfmeta.zoo.authors import import_authors_zoo
+    n, skipped = import_authors_zoo(cfg.src, cfg.dst, cfg.dataset, cfg.skip_bad)
+    for s in skipped:
+        print(f"skipped {s}", file=sys.stderr)
+    print(f"{cfg.dst}: imported {n} teachers from {cfg.src}" + (f", skipped {len(skipped)}" if skipped else ""))
+
+
+@dataclass(frozen=True)
+class ZooInfoConfig:
+    """Show a zoo's teachers and their coverage of a dataset's meta-train classes."""
+
+    zoo: str = ""
+    """Zoo directory."""
+    dataset: str = ""
+    """Dataset whose meta-train classes to check coverage of ('' : the teachers' own, when registered)."""
+    data_root: str = str(default_data_root())
+    """Root folder of the real datasets (env DFMETA_DATA sets the default)."""
+    skip_bad: bool = False
+    """List unreadable or malformed models as skipped instead of stopping."""
+
+    def validate(self) -> None:
+        if not self.zoo:
+            raise DfmetaError("field 'zoo': required (--zoo DIR)")
+        if self.dataset and self.dataset not in DATASETS:
+            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}; "
+                              f"expected one of: {', '.join(sorted(DATASETS))}")
+
+
+def run_info(cfg: ZooInfoConfig) -> None:
+    from dfmeta.zoo.info import report
+    if any(Path(cfg.zoo).glob("model_*.json")):
+        rebuild_manifest(cfg.zoo)  # a built zoo: its shards' sidecars are the truth
+    zoo = load_zoo(cfg.zoo, cfg.skip_bad)
+    dataset = cfg.dataset
+    if not dataset:
+        names = {t.dataset for t in zoo.teachers}
+        dataset = names.pop() if len(names) == 1 and next(iter(names)) in DATASETS else ""
+    split = load_split(dataset, "train", cfg.data_root) if dataset else None
+    text, warnings = report(zoo, split)
+    print(text)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
+COMMANDS = [
+    Command("zoo build", "Train n teachers (N classes each, seeded) on the meta-train split; resumable, shardable.",
+            ZooBuildConfig, run_build),
+    Command("zoo import", "Convert the TGR authors' zoo format (model_specific_*.pth) into a dfmeta zoo.",
+            ZooImportConfig, run_import),
+    Command("zoo info", "Table of a zoo's teachers and their coverage of the meta-train classes.",
+            ZooInfoConfig, run_info),
+]
