@@ -48,6 +48,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_threads(n: int) -> None:
+    """Use ``n`` CPU threads in torch (0 leaves torch's default)."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else CPU."""
     if name == "auto":

@@ -20,6 +20,8 @@ class DataConfig:
     """Seed for episodes, zoo picks and training."""
     device: str = "auto"
     """Torch device: auto (CUDA when available), cpu, cuda, cuda:1, ..."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default). 1 is often fastest for dfmeta's small ops on a busy machine."""
     out_dir: str = "runs"
     """Parent folder of run directories."""
 

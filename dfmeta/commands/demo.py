@@ -15,7 +15,7 @@ from dfmeta.commands.evaluate import evaluate_init
 from dfmeta.commands.common import EvalFields
 from dfmeta.data.registry import load_split
 from dfmeta.meta.trainer import TrainConfig, Trainer
-from dfmeta.runs import RunDir, resolve_device, seed_everything
+from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
 
 
 @dataclass(frozen=True)
@@ -26,19 +26,21 @@ class DemoConfig(EvalFields):
     """Seed of the zoo, the training and the baselines."""
     device: str = "auto"
     """Torch device: auto, cpu, cuda."""
+    threads: int = 1
+    """CPU threads for torch (0: torch's default); one is fastest for these small ops on a shared machine."""
     out_dir: str = "runs"
     """Parent folder of the run directory."""
     teachers: int = 16
     """Teachers in the zoo."""
     teacher_epochs: int = 10
     """Training epochs per teacher."""
-    epochs: int = 40
+    epochs: int = 30
     """TGR meta-training epochs."""
     groups: int = 2
     """TGR task groups."""
     teachers_per_epoch: int = 4
     """TGR teachers per epoch (m)."""
-    rec_steps: int = 40
+    rec_steps: int = 30
     """Generator steps per recovered task."""
     rec_per_class: int = 10
     """Recovered images per class."""
@@ -58,6 +60,7 @@ def run_demo(cfg: DemoConfig) -> None:
 
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     run = RunDir.new(cfg.out_dir, "embedded", "demo", cfg.seed, cfg)
     print(f"run directory: {run.path}\n[1/3] building a zoo of {cfg.teachers} teachers on the embedded dataset")
@@ -74,7 +77,8 @@ def run_demo(cfg: DemoConfig) -> None:
         inp = BaselineInput("conv4", cfg.ways, test.image_size, test.channels, cfg.seed, zoo, device)
         rows[method] = evaluate_init(BASELINES[method](inp), cfg, test, device, run, method)
     print(f"[3/3] TGR: {cfg.epochs} epochs, m = {cfg.teachers_per_epoch}, c = {cfg.groups}")
-    tcfg = TrainConfig(dataset="embedded", seed=cfg.seed, device=cfg.device, out_dir=str(run.path),
+    tcfg = TrainConfig(dataset="embedded", seed=cfg.seed, device=cfg.device, threads=cfg.threads,
+                       out_dir=str(run.path),
                        zoo=str(run.path / "zoo"), epochs=cfg.epochs, groups=cfg.groups,
                        teachers_per_epoch=cfg.teachers_per_epoch, rec_steps=cfg.rec_steps,
                        rec_per_class=cfg.rec_per_class, rec_nf=cfg.rec_nf, image_size=cfg.image_size, val_every=cfg.val_every, val_episodes=cfg.episodes,

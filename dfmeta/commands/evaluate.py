@@ -11,7 +11,7 @@ from dfmeta.commands.common import DataConfig, EvalFields
 from dfmeta.data.registry import load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import Evaluator
-from dfmeta.runs import RunDir, resolve_device, seed_everything
+from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ def evaluate_init(init: Initialisation, cfg: EvalFields, split, device, run: Run
 
 def run_evaluate(cfg: EvaluateConfig) -> None:
     seed_everything(cfg.seed)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     split = load_split(cfg.dataset, cfg.split, cfg.data_root, cfg.image_size or None)
     zoo = None

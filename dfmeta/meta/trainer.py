@@ -33,7 +33,7 @@ from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import Evaluator, EvalResult
 from dfmeta.nets import build, params_of
 from dfmeta.recover import normalise
-from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything
+from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ class Trainer:
         self.cfg, self.run = cfg, run
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
+        set_threads(cfg.threads)
         self.zoo = load_zoo(cfg.zoo)
         self._check_zoo()
         self.val_split = load_split(cfg.dataset, "val", cfg.data_root, cfg.image_size or None)
@@ -161,8 +162,6 @@ class Trainer:
         self.epoch = 0
         self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
         self.groups: np.ndarray | None = None
-        # vmapped recovery turns convolutions into grouped ones: a win on a GPU, slower than a loop on a CPU
-        self.rec_chunk = 0 if self.device.type == "cuda" else 1
         self.val = Evaluator(self.val_split, cfg.ways, cfg.train_shot, cfg.queries, cfg.val_episodes,
                              cfg.episode_seed, cfg.eval_steps, cfg.eval_lr, self.device, cfg.episode_batch or None)
 
@@ -209,7 +208,7 @@ class Trainer:
         chunk = teachers_per_batch(rcfg, self.image_size, self.device, self.n_way)
         for lo in range(0, len(idx), chunk):
             tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], rcfg, self.device,
-                                   epoch_seed(cfg.seed, 0, 7), chunk=self.rec_chunk)
+                                   epoch_seed(cfg.seed, 0, 7))
             print(f"  grouping: recovered tasks {min(lo + chunk, len(idx))}/{len(idx)}", flush=True)
         gcfg = GroupingConfig(groups=cfg.groups, mode=cfg.grouping, probe_weights=cfg.probe_weights,
                               fisher_samples=cfg.fisher_samples)
@@ -360,8 +359,7 @@ class Trainer:
             t = {}
             t0 = time.perf_counter()
             chosen = self.pick_teachers(epoch)
-            tasks = recover_tasks(self.zoo.teachers, chosen, rcfg, self.device, epoch_seed(cfg.seed, epoch, 0),
-                                  chunk=self.rec_chunk)
+            tasks = recover_tasks(self.zoo.teachers, chosen, rcfg, self.device, epoch_seed(cfg.seed, epoch, 0))
             t1 = time.perf_counter()
             stats = self.meta_step(tasks)
             t2 = time.perf_counter()
@@ -415,7 +413,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not (path / "config.json").is_file():
             raise DfmetaError(f"{path}: not a run directory (no config.json)")
         stored = json.loads((path / "config.json").read_text())
-        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, device=cfg.device)
+        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, device=cfg.device,
+                      threads=cfg.threads)
         cfg = make(TrainConfig, stored)
         run = RunDir(path)
     else:
