@@ -47,7 +47,7 @@ def main() -> None:
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t)
-        print(f"| {k} | {a.episodes} | {ev.episode_batch} | {best:.2f} | {a.episodes / best:.0f} |")
+        print(f"| {k} | {a.episodes} | {ev.episode_batch} | {best:.2f} | {a.episodes / best:.1f} |")
 
 
 if __name__ == "__main__":
