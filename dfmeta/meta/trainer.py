@@ -418,6 +418,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         cfg = make(TrainConfig, stored)
         run = RunDir(path)
     else:
+        from dfmeta.zoo.format import read_manifest
+        read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
         name = "tgr" if cfg.grouping != "off" or cfg.igr != "off" else "vanilla"
         run = RunDir.new(cfg.out_dir, cfg.dataset, name, cfg.seed, cfg)
     print(f"run directory: {run.path}", flush=True)
