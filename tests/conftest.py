@@ -16,15 +16,21 @@ def data_root() -> Path:
     return Path(os.environ.get("DFMETA_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
-def require_data(sub: str) -> Path:
-    """The real dataset folder ``sub`` under the data root; skip (or fail when DFMETA_REQUIRE_DATA=1) if absent."""
-    p = data_root() / sub
+def require_data(sub: str, base: Path | None = None) -> Path:
+    """The real dataset folder ``sub`` under the data root (or ``base``); skip, or fail when DFMETA_REQUIRE_DATA=1,
+    if absent."""
+    p = (base or data_root()) / sub
     if not p.exists():
         msg = f"real data not found at {p} (set DFMETA_DATA)"
         if os.environ.get("DFMETA_REQUIRE_DATA") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
     return p
+
+
+def require_zoo(name: str = "cifar-fs-conv4") -> Path:
+    """A reference zoo in the authors' format beside the data root (``../shared/zoos/<name>``)."""
+    return require_data(f"{name}/manifest.json", data_root().parent / "zoos").parent
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import data_root, require_data
+from conftest import require_data, require_zoo
 from dfmeta.baselines import BASELINES, BaselineInput
 from dfmeta.config import make
 from dfmeta.data import load_split
@@ -19,9 +19,7 @@ from dfmeta.zoo.authors import import_authors_zoo
 @pytest.fixture(scope="module")
 def reference_zoo(tmp_path_factory):
     require_data("cifar100")
-    src = data_root().parent / "zoos" / "cifar-fs-conv4"
-    if not src.exists():
-        require_data("../zoos/cifar-fs-conv4")
+    src = require_zoo()
     full = tmp_path_factory.mktemp("zoo-full")
     import_authors_zoo(src, full)
     return full

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
-from conftest import data_root, require_data
+from conftest import require_data, require_zoo
 from dfmeta.cli import main
 from dfmeta.data.episodes import to_input
 from dfmeta.data.folder import list_class_images
@@ -89,13 +88,7 @@ def test_cli_import_skip_bad(tmp_path, capsys):
 
 
 def reference_zoo():
-    p = data_root().parent / "zoos" / "cifar-fs-conv4"
-    if not (p / "manifest.json").is_file():
-        msg = f"reference zoo not found at {p}"
-        if os.environ.get("DFMETA_REQUIRE_DATA") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
+    return require_zoo()
 
 
 @pytest.mark.integration
