@@ -52,7 +52,7 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
                 gp = sub.add_parser(w, help=f"{w} commands")
                 groups[key] = gp.add_subparsers(dest=f"_{key}", metavar="SUBCOMMAND", required=True)
             sub = groups[key]
-        p = sub.add_parser(words[-1], help=cmd.help.replace("%", "%%"), description=cmd.help)
+        p = sub.add_parser(words[-1], help=cmd.help.replace("%", "%%"), description=cmd.help, allow_abbrev=False)
         add_arguments(p, cmd.config_cls)
         if cmd.presets:
             p.add_argument("--preset", choices=sorted(cmd.presets), default=None, nargs="+", metavar="PRESET",

@@ -99,3 +99,10 @@ def test_cli_subprocess_one_line_error() -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and "unknown dataset 'nope'" in r.stderr
+
+
+def test_a_misspelt_flag_is_refused_not_guessed(capsys):
+    from dfmeta.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--zoo", "z", "--epoch", "3"])  # --epochs abbreviated: must not silently match
+    assert e.value.code == 2 and "--epoch" in capsys.readouterr().err
