@@ -8,8 +8,8 @@ plain gradient-descent steps of every episode in one batched computation. BatchN
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from dfmeta.data.dataset import FewShotSplit
+from dfmeta.data.domains import spread
 from dfmeta.data.episodes import Episodes, sample_episodes, to_input
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import fcall, head_names
@@ -32,15 +33,21 @@ class EvalResult:
     mean: float
     ci95: float
     accs: np.ndarray
+    parts: dict[str, "EvalResult"] = field(default_factory=dict)
+    """Per-domain results of a multi-domain evaluation (empty for one dataset)."""
 
     @staticmethod
     def of(accs: np.ndarray) -> "EvalResult":
+        """From per-episode accuracies in [0, 1]."""
         accs = np.asarray(accs, dtype=np.float64) * 100
         ci = 1.96 * accs.std() / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
         return EvalResult(float(accs.mean()), float(ci), accs)
 
-    def as_dict(self) -> dict[str, float]:
-        return {"acc": round(self.mean, 4), "ci95": round(self.ci95, 4), "episodes": int(len(self.accs))}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"acc": round(self.mean, 4), "ci95": round(self.ci95, 4), "episodes": int(len(self.accs))}
+        if self.parts:
+            out["domains"] = {k: v.as_dict() for k, v in self.parts.items()}
+        return out
 
     def __str__(self) -> str:
         return f"{self.mean:.2f} ± {self.ci95:.2f}"
@@ -131,3 +138,26 @@ class Evaluator:
                 p = finetune_episodes(model, params, xs, ys, self.steps, self.lr)
             accs.append(score_episodes(model, p, xq, yq).cpu())
         return EvalResult.of(torch.cat(accs).numpy())
+
+
+class DomainEvaluator:
+    """Episodes spread evenly over several datasets (the multi-domain scenario); one pooled mean and CI, and each
+    domain's own result in ``parts``. With one dataset it is exactly :class:`Evaluator`."""
+
+    def __init__(self, splits: Sequence[FewShotSplit], n_way: int = 5, k_shot: int = 1, n_query: int = 15,
+                 n_episodes: int = 600, seed: int = 0, steps: int = 10, lr: float = 0.01,
+                 device: torch.device | str = "cpu", episode_batch: int | None = None) -> None:
+        if not splits:
+            raise DfmetaError("evaluation needs at least one dataset")
+        counts = spread(n_episodes, len(splits))
+        self.evaluators = [Evaluator(s, n_way, k_shot, n_query, n, seed + i, steps, lr, device, episode_batch)
+                           for i, (s, n) in enumerate(zip(splits, counts)) if n > 0]
+
+    def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], head: HeadMode = "keep",
+                 head_seed: int = 0) -> EvalResult:
+        if len(self.evaluators) == 1:
+            return self.evaluators[0](model, params, head, head_seed)
+        parts = {ev.split.name: ev(model, params, head, head_seed) for ev in self.evaluators}
+        pooled = EvalResult.of(np.concatenate([r.accs for r in parts.values()]) / 100)
+        pooled.parts = parts
+        return pooled

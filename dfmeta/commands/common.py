@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
-from dfmeta.data.registry import DATASETS, default_data_root
-from dfmeta.errors import DfmetaError
+from dfmeta.data.domains import check_dataset_spec
+from dfmeta.data.registry import default_data_root
+
+if TYPE_CHECKING:
+    import torch
+
+    from dfmeta.data.dataset import FewShotSplit
+    from dfmeta.evaluate import DomainEvaluator
 
 
 @dataclass(frozen=True)
@@ -13,7 +20,8 @@ class DataConfig:
     """Where data comes from and where results go."""
 
     dataset: str = "embedded"
-    """Dataset name: embedded (no files), cifar-fs, fc100, omniglot, miniimagenet, cub."""
+    """Dataset name: embedded (no files), cifar-fs, fc100, omniglot, miniimagenet, cub; several joined by '+'
+    (cifar-fs+omniglot) for the multi-domain scenario."""
     data_root: str = str(default_data_root())
     """Root folder of the real datasets (env DFMETA_DATA sets the default)."""
     seed: int = 0
@@ -26,9 +34,7 @@ class DataConfig:
     """Parent folder of run directories."""
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}; "
-                              f"expected one of: {', '.join(sorted(DATASETS))}")
+        check_dataset_spec(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -51,3 +57,10 @@ class EvalFields:
     """Episodes fine-tuned together (0: 600 on CUDA, 50 on CPU)."""
     episode_seed: int = 0
     """Seed of the fixed evaluation episodes (the same for every method, so results are comparable)."""
+
+    def evaluator(self, splits: "Sequence[FewShotSplit]", k_shot: int, device: "torch.device",
+                  episodes: int = 0) -> "DomainEvaluator":
+        """The fixed, seeded episodes of this protocol over ``splits`` (spread evenly over several datasets)."""
+        from dfmeta.evaluate import DomainEvaluator
+        return DomainEvaluator(splits, self.ways, k_shot, self.queries, episodes or self.episodes, self.episode_seed,
+                               self.eval_steps, self.eval_lr, device, self.episode_batch or None)

@@ -75,7 +75,7 @@ def run_demo(cfg: DemoConfig) -> None:
         if method not in BASELINES:
             continue
         inp = BaselineInput("conv4", cfg.ways, test.image_size, test.channels, cfg.seed, zoo, device)
-        rows[method] = evaluate_init(BASELINES[method](inp), cfg, test, device, run, method)
+        rows[method] = evaluate_init(BASELINES[method](inp), cfg, [test], device, run, method)
     print(f"[3/3] TGR: {cfg.epochs} epochs, m = {cfg.teachers_per_epoch}, c = {cfg.groups}")
     tcfg = TrainConfig(dataset="embedded", seed=cfg.seed, device=cfg.device, threads=cfg.threads,
                        out_dir=str(run.path),

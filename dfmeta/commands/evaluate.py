@@ -8,9 +8,9 @@ from typing import Literal
 from dfmeta.baselines import BASELINES, NEEDS_ZOO, BaselineInput, Initialisation
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig, EvalFields
-from dfmeta.data.registry import load_split
+from dfmeta.data.dataset import FewShotSplit
+from dfmeta.data.domains import load_domains
 from dfmeta.errors import DfmetaError
-from dfmeta.evaluate import Evaluator
 from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
 
 
@@ -38,18 +38,19 @@ class EvaluateConfig(DataConfig, EvalFields):
             raise DfmetaError(f"method {self.method!r} needs a zoo: pass --zoo DIR")
 
 
-def evaluate_init(init: Initialisation, cfg: EvalFields, split, device, run: RunDir | None,
+def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSplit], device, run: RunDir | None,
                   label: str) -> dict[int, dict]:
-    """Evaluate one initialisation at every K of ``cfg.shots``; log and return ``{K: result dict}``."""
+    """Evaluate one initialisation at every K of ``cfg.shots`` (episodes spread over ``splits``); log and return
+    ``{K: result dict}``."""
     out = {}
+    where = "+".join(s.name for s in splits)
     for k in cfg.shots:
-        ev = Evaluator(split, cfg.ways, k, cfg.queries, cfg.episodes, cfg.episode_seed, cfg.eval_steps, cfg.eval_lr, device,
-                       cfg.episode_batch or None)
-        res = ev(init.model, init.params, init.head)
+        res = cfg.evaluator(splits, k, device)(init.model, init.params, init.head)
         out[k] = res.as_dict()
-        print(f"{label:>12s}  {split.name}  {cfg.ways}-way {k}-shot: {res}  ({cfg.episodes} episodes)")
+        per = "".join(f"; {n} {r}" for n, r in res.parts.items())
+        print(f"{label:>12s}  {where}  {cfg.ways}-way {k}-shot: {res}{per}  ({cfg.episodes} episodes)")
         if run is not None:
-            run.log(method=label, split=split.name, ways=cfg.ways, shots=k, **res.as_dict())
+            run.log(method=label, split=where, ways=cfg.ways, shots=k, **res.as_dict())
     return out
 
 
@@ -57,15 +58,16 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    split = load_split(cfg.dataset, cfg.split, cfg.data_root, cfg.image_size or None)
     zoo = None
     if cfg.zoo:
         from dfmeta.zoo import load_zoo
         zoo = load_zoo(cfg.zoo)
-    inp = BaselineInput(cfg.arch, cfg.ways, split.image_size, split.channels, cfg.seed, zoo, device)
+    channels = zoo[0].in_channels if zoo is not None and len(zoo) else None
+    splits = load_domains(cfg.dataset, cfg.split, cfg.data_root, cfg.image_size or None, channels)
+    inp = BaselineInput(cfg.arch, cfg.ways, splits[0].image_size, splits[0].channels, cfg.seed, zoo, device)
     init = BASELINES[cfg.method](inp)
     run = RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
-    results = evaluate_init(init, cfg, split, device, run, cfg.method)
+    results = evaluate_init(init, cfg, splits, device, run, cfg.method)
     run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
     print(f"run directory: {run.path}")
 

@@ -1,0 +1,271 @@
+"""The meta-training loop every zoo-based method shares (TGR and the inversion and fusion baselines).
+
+A method subclasses :class:`MetaTrainer` and writes :meth:`MetaTrainer.train_epoch` (and, if it keeps state
+beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra_state`). The loop gives it:
+
+- the zoo (checked: one image format and class count), a seeded teacher subset (``zoo_size``, the paper's Fig. 6);
+- meta-val / meta-test data, several datasets at once for the multi-domain scenario;
+- the meta-model (BatchNorm on batch statistics) as a parameter dict with one Adam optimizer;
+- validation on fixed meta-val episodes every ``val_every`` epochs with best-model selection (``best.pt``);
+- an exact checkpoint at each validation and on ``stop_after``; ``--resume`` continues a killed run;
+- ``time_limit``: end early and honestly (validate, select, meta-test as if T were the epochs reached);
+- one meta-test of the selected model at every K of ``shots``, written to ``results.json``.
+
+Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
+run continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from dfmeta.commands.common import DataConfig, EvalFields
+from dfmeta.config import make, to_dict
+from dfmeta.data.domains import load_domains
+from dfmeta.errors import DfmetaError
+from dfmeta.evaluate import EvalResult
+from dfmeta.nets import build, params_of
+from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig(DataConfig, EvalFields):
+    """Fields every zoo-based meta-training method shares."""
+
+    zoo: str = ""
+    """Teacher zoo directory (dfmeta format; `dfmeta zoo import` converts the authors')."""
+    zoo_size: int = 0
+    """Use a seeded random subset of this many teachers (0: the whole zoo; the paper's Fig. 6)."""
+    arch: str = "conv4"
+    """Meta-model architecture."""
+    image_size: int = 0
+    """Resize the dataset's images to this size (0: the dataset's own); must match the zoo's."""
+    epochs: int = 1000
+    """T: meta-training epochs."""
+    meta_lr: float = 1e-3
+    """Adam learning rate of the meta-model."""
+    train_shot: int = 1
+    """K of the meta-training tasks and of meta-val model selection."""
+    val_every: int = 20
+    """Validate on meta-val and checkpoint every this many epochs."""
+    val_episodes: int = 600
+    """Episodes per validation."""
+    stop_after: int = 0
+    """Stop (with a checkpoint) after this many epochs in this call; `--resume` continues (0: run to the end)."""
+    time_limit: float = 0
+    """Meta-train for at most this many seconds (this call), then validate, select and meta-test as if T were the
+    epochs reached (0: no limit). For the largest run that fits a time budget."""
+    resume: str = ""
+    """Resume this run directory from its checkpoint (its stored config is used)."""
+
+    def validate(self) -> None:
+        DataConfig.validate(self)
+        checks = [
+            (self.epochs >= 1, "epochs", ">= 1"),
+            (self.val_every >= 1, "val_every", ">= 1"),
+            (self.zoo_size >= 0, "zoo_size", ">= 0"),
+            (self.train_shot >= 1, "train_shot", ">= 1"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise DfmetaError(f"field {name!r}: expected {expected}")
+        if not self.zoo and not self.resume:
+            raise DfmetaError("field 'zoo': a teacher zoo directory is required (`dfmeta zoo build` or `zoo import`)")
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A seed for one random stream of one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+class MetaTrainer:
+    """Shared loop of a zoo-based meta-training method; subclasses write :meth:`train_epoch`."""
+
+    method: ClassVar[str] = "meta"
+
+    def __init__(self, cfg: MetaTrainConfig, run: RunDir) -> None:
+        from dfmeta.zoo import load_zoo
+
+        self.cfg, self.run = cfg, run
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        set_threads(cfg.threads)
+        self.zoo = load_zoo(cfg.zoo)
+        if cfg.zoo_size:
+            if cfg.zoo_size > len(self.zoo):
+                raise DfmetaError(f"field 'zoo_size': {cfg.zoo_size} teachers asked, the zoo has {len(self.zoo)}")
+            keep = np.random.default_rng([cfg.seed, 11]).choice(len(self.zoo), cfg.zoo_size, replace=False)
+            self.zoo.teachers = [self.zoo.teachers[i] for i in sorted(keep.tolist())]
+        self._check_zoo()
+        self.check()
+        size = cfg.image_size or None
+        self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size, self.channels)
+        for s in self.val_splits:
+            if s.image_size != self.image_size:
+                raise DfmetaError(f"{cfg.zoo}: the zoo's teachers take {self.image_size}px images, dataset "
+                                  f"{s.name} has {s.image_size}px images (set --image-size {self.image_size})")
+        self.test_splits = load_domains(cfg.dataset, "test", cfg.data_root, size, self.channels)
+        self.model = build(cfg.arch, self.n_way, self.image_size, self.channels, bn="batch").to(self.device)
+        self.params = {k: v.to(self.device).requires_grad_(True) for k, v in params_of(self.model).items()}
+        self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
+        self.epoch = 0
+        self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
+        self.val = cfg.evaluator(self.val_splits, cfg.train_shot, self.device, cfg.val_episodes)
+
+    # ------------------------------------------------------------------ what a method writes
+    def check(self) -> None:
+        """Method-specific checks of the config against the zoo (before any compute)."""
+
+    def setup(self) -> None:
+        """Work before the first epoch (after a resume too), e.g. grouping the zoo."""
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One meta-training epoch; returns the metrics to log (timings as ``t_*`` seconds)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state beyond the meta-model and its optimizer, for the checkpoint."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+    # ------------------------------------------------------------------ checks
+    def _check_zoo(self) -> None:
+        cfg, zoo = self.cfg, self.zoo
+        t0 = zoo[0]
+        self.image_size, self.channels, self.n_way = t0.image_size, t0.in_channels, t0.num_classes
+        for t in zoo.teachers:
+            if (t.image_size, t.in_channels, t.num_classes) != (self.image_size, self.channels, self.n_way):
+                raise DfmetaError(f"model {t.id} ({zoo.path / t.file}): {t.num_classes}-way {t.image_size}px "
+                                  f"{t.in_channels}-channel, but model {t0.id} is {self.n_way}-way {self.image_size}px "
+                                  f"{self.channels}-channel; a zoo must share image size, channels and class count")
+        if self.n_way != cfg.ways:
+            raise DfmetaError(f"the zoo's teachers are {self.n_way}-way but --ways is {cfg.ways}")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "params": {k: v.detach().cpu() for k, v in self.params.items()},
+                "opt": self.opt.state_dict(), "best": self.best, "config": to_dict(self.cfg),
+                "extra": self.extra_state()}
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self.state(), self.run.path / "checkpoint.pt")
+
+    def load_checkpoint(self) -> bool:
+        path = self.run.path / "checkpoint.pt"
+        if not path.exists():
+            return False
+        st = torch.load(path, map_location=self.device, weights_only=False)
+        with torch.no_grad():
+            for k, v in st["params"].items():
+                self.params[k].copy_(v.to(self.device))
+        self.opt.load_state_dict(st["opt"])
+        self.load_extra_state(st["extra"])
+        self.best, self.epoch = st["best"], st["epoch"]
+        # metrics written after the checkpoint belong to epochs that will be run again
+        lines = [m for m in self.run.metrics() if m.get("epoch", 0) <= self.epoch]
+        atomic_write(self.run.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in lines))
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def validate(self) -> EvalResult:
+        return self.val(self.model, self.params)
+
+    def validate_and_select(self, epoch: int, row: dict[str, Any]) -> None:
+        """Meta-val accuracy of the current meta-model; keep it as ``best.pt`` if it is the best so far; checkpoint."""
+        res = self.validate()
+        row.update(val_acc=res.mean, val_ci95=res.ci95)
+        if res.mean > self.best["acc"]:
+            self.best = {"acc": res.mean, "ci95": res.ci95, "epoch": epoch}
+            atomic_torch_save({k: v.detach().cpu() for k, v in self.params.items()}, self.run.path / "best.pt")
+        self.run.log(**row)
+        self.save_checkpoint()
+
+    def fit(self) -> dict[str, Any]:
+        """Meta-train (resuming if a checkpoint exists), then meta-test the meta-val-selected model once."""
+        cfg = self.cfg
+        done = self.run.path / "results.json"
+        if done.exists():
+            print(f"run already finished: {done}")
+            return json.loads(done.read_text())
+        if self.load_checkpoint():
+            print(f"resumed from epoch {self.epoch}", flush=True)
+        self.setup()
+        start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep", dynamic_ncols=True)
+        while self.epoch < cfg.epochs:
+            if cfg.stop_after and ran >= cfg.stop_after:
+                break
+            if cfg.time_limit and ran and time.perf_counter() - t_start > cfg.time_limit:
+                bar.close()
+                print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}: ending the run there")
+                if last_val != self.epoch:
+                    self.validate_and_select(self.epoch, {"validated_epoch": self.epoch, "time_limit_end": True})
+                return self.meta_test()
+            epoch = self.epoch + 1
+            stats = self.train_epoch(epoch)
+            self.epoch, ran = epoch, ran + 1
+            row = {"epoch": epoch, **stats}
+            if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+                self.validate_and_select(epoch, row)
+                last_val = epoch
+            else:
+                self.run.log(**row)
+            bar.update(1)
+            shown = {k: f"{v:.3f}" for k, v in stats.items() if k == "loss" and isinstance(v, float)}
+            bar.set_postfix(**shown, val=f"{self.best['acc']:.1f}")
+        bar.close()
+        if self.epoch < cfg.epochs:
+            if self.epoch % cfg.val_every:
+                self.save_checkpoint()
+            print(f"stopped at epoch {self.epoch}/{cfg.epochs}; continue with: dfmeta "
+                  f"{'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}")
+            return {"stopped_at": self.epoch}
+        return self.meta_test()
+
+    def meta_test(self) -> dict[str, Any]:
+        """Evaluate the meta-val-selected parameters once on meta-test, at every K of ``shots``."""
+        cfg = self.cfg
+        best = torch.load(self.run.path / "best.pt", map_location=self.device, weights_only=True)
+        out: dict[str, Any] = {"method": self.method, "dataset": cfg.dataset, "epochs_run": self.epoch,
+                               "selected_epoch": self.best["epoch"], "val_acc": self.best["acc"], "test": {}}
+        for k in cfg.shots:
+            res = cfg.evaluator(self.test_splits, k, self.device)(self.model, best)
+            out["test"][str(k)] = res.as_dict()
+            self.run.log(final_test=True, shots=k, **res.as_dict())
+            per = "".join(f"; {n} {r}" for n, r in res.parts.items())
+            print(f"meta-test {cfg.ways}-way {k}-shot: {res}{per} (model of epoch {self.best['epoch']}, "
+                  f"meta-val {self.best['acc']:.2f})")
+        self.run.write_json("results.json", out)
+        return out
+
+
+def run_training(trainer_cls: type[MetaTrainer], cfg: MetaTrainConfig, name: str | None = None) -> dict[str, Any]:
+    """Run (or, with ``cfg.resume``, continue) one meta-training with ``trainer_cls``; returns the results."""
+    if cfg.resume:
+        path = Path(cfg.resume)
+        if not (path / "config.json").is_file():
+            raise DfmetaError(f"{path}: not a run directory (no config.json)")
+        stored = json.loads((path / "config.json").read_text())
+        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, device=cfg.device,
+                      threads=cfg.threads)
+        cfg = make(type(cfg), stored)
+        run = RunDir(path)
+    else:
+        from dfmeta.zoo.format import read_manifest
+        read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
+        run = RunDir.new(cfg.out_dir, cfg.dataset, name or trainer_cls.method, cfg.seed, cfg)
+    print(f"run directory: {run.path}", flush=True)
+    return trainer_cls(cfg, run).fit()
+
+
+__all__ = ["MetaTrainConfig", "MetaTrainer", "epoch_seed", "run_training"]
