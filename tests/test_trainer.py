@@ -7,31 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_zoo
 
 from dfmeta.config import make, replace
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.trainer import TrainConfig, train
-from dfmeta.nets import build
-from dfmeta.zoo.format import Teacher, save_teacher, write_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 16
-
-
-def make_zoo(path: Path, n: int = 6, size: int = SIZE) -> Path:
-    """A zoo of random Conv4 teachers with non-trivial BatchNorm statistics (no training needed)."""
-    entries = []
-    for i in range(n):
-        torch.manual_seed(100 + i)
-        m = build("conv4", 5, size, 3, "running").train()
-        with torch.no_grad():
-            m(torch.randn(16, 3, size, size) * (1 + 0.3 * i))
-        t = Teacher(str(i), "conv4", size, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "embedded",
-                    [f"pattern_{5 * i + j:03d}" for j in range(5)], dict(m.state_dict()), 50.0 + i)
-        entries.append(save_teacher(path, t))
-    write_manifest(path, entries)
-    return path
 
 
 def tiny(zoo: Path, out: Path, **kw) -> TrainConfig:
