@@ -1,7 +1,8 @@
 """``dfmeta group``: recover one task per teacher, embed it (Fisher), group the zoo (Eq. 5-7) and show the groups.
 
 Writes to the run directory: ``fisher.npz`` (W, labels, embeddings; the cache a rerun with ``--run-dir`` reuses),
-``groups.json`` and ``W.png`` (W with teachers ordered by group, group borders in white).
+``groups.json``, ``W.png`` (W with teachers ordered by group, group borders in white) and ``analysis.json`` (the
+paper's Fig. 4: W beside each pair's class overlap, architectures and datasets; ``dfmeta report`` plots it).
 """
 
 from __future__ import annotations
@@ -121,7 +122,40 @@ def run_group(cfg: GroupCommandConfig) -> None:
     off = W[~np.eye(len(W), dtype=bool)]
     if off.size:
         print(f"W: mean {off.mean():.4f}, min {off.min():.4f}, max {off.max():.4f} (off-diagonal)")
-    print(f"run directory: {run.path} (groups.json, W.png, fisher.npz)")
+    analysis = dissimilarity_analysis(zoo, W)
+    run.write_json("analysis.json", analysis)
+    for line in summarise_dissimilarity(analysis):
+        print(line)
+    print(f"run directory: {run.path} (groups.json, W.png, fisher.npz, analysis.json)")
+
+
+def class_overlap(zoo) -> np.ndarray:
+    """Number of classes (dataset and name) each pair of teachers shares."""
+    sets = [{(t.dataset, c) for c in t.class_names} for t in zoo.teachers]
+    return np.array([[len(a & b) for b in sets] for a in sets], np.int64)
+
+
+def dissimilarity_analysis(zoo, W: np.ndarray) -> dict:
+    """Fig. 4's data: W with each pair's class overlap, and every teacher's architecture and dataset."""
+    return {"analysis": "dissimilarity", "teacher_ids": [t.id for t in zoo.teachers],
+            "archs": [t.arch for t in zoo.teachers], "datasets": [t.dataset for t in zoo.teachers],
+            "W": np.asarray(W, np.float64).round(6).tolist(), "overlap": class_overlap(zoo).tolist()}
+
+
+def summarise_dissimilarity(a: dict) -> list[str]:
+    """Mean off-diagonal W per class overlap, and for same / different architecture and dataset pairs."""
+    W, ov = np.asarray(a["W"]), np.asarray(a["overlap"])
+    off = ~np.eye(len(W), dtype=bool)
+    lines = []
+    for k in np.unique(ov[off]):
+        sel = off & (ov == k)
+        lines.append(f"  pairs sharing {k} classes: {sel.sum() // 2:5d}, mean W {W[sel].mean():.4f}")
+    for key in ("archs", "datasets"):
+        v = np.asarray(a[key])
+        same = (v[:, None] == v[None, :]) & off
+        if same.any() and (off & ~same).any():
+            lines.append(f"  {key[:-1]}: same {W[same].mean():.4f}, different {W[off & ~same].mean():.4f} (mean W)")
+    return ["W against class overlap (Fig. 4):"] + lines if lines else []
 
 
 COMMANDS = [Command("group", "Group a zoo's teachers by task dissimilarity (TGR Eq. 5-7); writes groups.json, W.png.",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig
+from dfmeta.data.domains import dataset_names, with_channels
 from dfmeta.data.registry import DATASETS, default_data_root, load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.runs import resolve_device, seed_everything
@@ -25,6 +26,8 @@ class ZooBuildConfig(DataConfig, ZooRecipe):
     """Zoo directory to write; rerunning resumes (finished teachers are skipped)."""
     image_size: int = 0
     """Image size (0: the dataset's own)."""
+    channels: int = 0
+    """Image channels (0: the dataset's own; 3 turns grey images into colour, for a multi-domain zoo)."""
     teachers_at_once: int = 0
     """Teachers trained together in one stacked step (0: 64 on CUDA, 1 on a CPU, where batching does not pay)."""
     shard: str = ""
@@ -34,6 +37,11 @@ class ZooBuildConfig(DataConfig, ZooRecipe):
         DataConfig.validate(self)
         ZooRecipe.validate(self)
         parse_shard(self.shard)
+        if len(dataset_names(self.dataset)) > 1:
+            raise DfmetaError(f"field 'dataset': build one zoo per dataset (not {self.dataset!r}) and join them with "
+                              "`dfmeta zoo merge`")
+        if self.channels not in (0, 1, 3):
+            raise DfmetaError(f"field 'channels': expected 0 (the dataset's own), 1 or 3, got {self.channels}")
 
 
 def run_build(cfg: ZooBuildConfig) -> None:
@@ -43,6 +51,8 @@ def run_build(cfg: ZooBuildConfig) -> None:
         device = resolve_device(f"cuda:{os.environ['LOCAL_RANK']}")
     shard = parse_shard(cfg.shard)
     split = load_split(cfg.dataset, "train", cfg.data_root, cfg.image_size or None)
+    if cfg.channels:
+        split = with_channels(split, cfg.channels)
     recipe = ZooRecipe(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(ZooRecipe)})
     rep = build_zoo(cfg.zoo, split, cfg.dataset, recipe, cfg.seed, device, shard, cfg.teachers_at_once)
     where = f"shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "the zoo"
@@ -113,6 +123,26 @@ def run_info(cfg: ZooInfoConfig) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class ZooMergeConfig:
+    """Join zoos into one (the multi-domain scenario: teachers of several datasets)."""
+
+    src: tuple[str, ...] = ()
+    """Zoo directories to join, in order."""
+    dst: str = ""
+    """New zoo directory (teachers renumbered 0..n-1; each records its source zoo and id)."""
+
+    def validate(self) -> None:
+        if len(self.src) < 1 or not self.dst:
+            raise DfmetaError("fields 'src' and 'dst': pass --src ZOO [ZOO ...] --dst DIR")
+
+
+def run_merge(cfg: ZooMergeConfig) -> None:
+    from dfmeta.zoo.merge import merge_zoos
+    n = merge_zoos(cfg.src, cfg.dst)
+    print(f"{cfg.dst}: {n} teachers from {len(cfg.src)} zoos")
+
+
 COMMANDS = [
     Command("zoo build", "Train n teachers (N classes each, seeded) on the meta-train split; resumable, shardable.",
             ZooBuildConfig, run_build),
@@ -120,4 +150,6 @@ COMMANDS = [
             ZooImportConfig, run_import),
     Command("zoo info", "Table of a zoo's teachers and their coverage of the meta-train classes.",
             ZooInfoConfig, run_info),
+    Command("zoo merge", "Join zoos into one (teachers of several datasets: the multi-domain scenario).",
+            ZooMergeConfig, run_merge),
 ]

@@ -375,8 +375,8 @@ def _check_build_info(zoo_dir: Path, info: dict[str, Any]) -> None:
     path = zoo_dir / BUILD_INFO
     if path.is_file():
         old = json.loads(path.read_text())
-        for key in ("dataset", "seed", "image_size"):
-            if old.get(key) != info[key]:
+        for key in ("dataset", "seed", "image_size", "channels"):
+            if old.get(key, info[key] if key == "channels" else None) != info[key]:
                 raise DfmetaError(f"{path}: the zoo was built with {key}={old.get(key)!r}, now {info[key]!r}; "
                                   "use another directory or the same settings to resume")
         for key, value in info["recipe"].items():
@@ -439,7 +439,7 @@ def build_zoo(zoo_dir: str | os.PathLike, split: FewShotSplit, dataset: str, rec
     zoo_dir = Path(zoo_dir)
     zoo_dir.mkdir(parents=True, exist_ok=True)
     _check_build_info(zoo_dir, {"dataset": dataset, "seed": seed, "image_size": split.image_size,
-                                "recipe": json.loads(json.dumps(asdict(recipe)))})
+                                "channels": split.channels, "recipe": json.loads(json.dumps(asdict(recipe)))})
     device = torch.device(device)
     at_once = teachers_at_once or default_teachers_at_once(device)
     blocks = [b for j, b in enumerate(plan_blocks(split, recipe, seed, at_once)) if j % shard[1] == shard[0]]
