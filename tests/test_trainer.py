@@ -98,3 +98,28 @@ def test_time_limit_ends_the_run_with_selection_and_one_test(zoo, tmp_path):
     assert res["epochs_run"] == 1 and res["selected_epoch"] == 1
     rows = [json.loads(x) for x in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     assert sum(1 for r in rows if r.get("final_test")) == 1
+
+
+def test_mixed_architecture_zoo_and_zoo_size(tmp_path):
+    """The multi-architecture scenario: Conv4 and ResNet-10 teachers, a Conv4 meta-model, every teacher used;
+    zoo_size draws a seeded subset (Fig. 6)."""
+    from dfmeta.nets import build
+    from dfmeta.zoo.format import Teacher, save_teacher, write_manifest
+    entries = []
+    for i, arch in enumerate(["conv4", "resnet10", "conv4", "resnet10"]):
+        torch.manual_seed(i)
+        m = build(arch, 5, SIZE, 3, "running")
+        t = Teacher(str(i), arch, SIZE, 3, (0.5,) * 3, (0.25,) * 3, "embedded",
+                    [f"pattern_{5 * i + j:03d}" for j in range(5)], dict(m.state_dict()))
+        entries.append(save_teacher(tmp_path / "zoo", t))
+    write_manifest(tmp_path / "zoo", entries)
+    res = train(tiny(tmp_path / "zoo", tmp_path / "runs", epochs=3, val_every=3, grouping="off",
+                     teachers_per_epoch=4))
+    assert res["epochs_run"] == 3
+    rows = [json.loads(x) for x in (run_dir(tmp_path / "runs") / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["teachers"] == ["0", "1", "2", "3"]  # both architectures in one epoch
+    sub = train(tiny(tmp_path / "zoo", tmp_path / "sub", epochs=1, grouping="off", zoo_size=2, teachers_per_epoch=2))
+    rows = [json.loads(x) for x in (run_dir(tmp_path / "sub") / "metrics.jsonl").read_text().splitlines()]
+    assert sub["epochs_run"] == 1 and len(rows[0]["teachers"]) == 2
+    with pytest.raises(DfmetaError, match="zoo_size"):
+        train(tiny(tmp_path / "zoo", tmp_path / "bad", zoo_size=9))
