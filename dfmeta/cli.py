@@ -26,6 +26,8 @@ class Command:
     config_cls: type
     run: Callable[[Any], Any]
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    positional: str = ""
+    """A tuple field also given as positional arguments (``dfmeta report RUN_DIR...``), besides its ``--flag``."""
 
 
 def discover() -> list[Command]:
@@ -54,6 +56,9 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
             sub = groups[key]
         p = sub.add_parser(words[-1], help=cmd.help.replace("%", "%%"), description=cmd.help, allow_abbrev=False)
         add_arguments(p, cmd.config_cls)
+        if cmd.positional:
+            p.add_argument(cmd.positional, nargs="*", default=argparse.SUPPRESS, metavar=cmd.positional.upper(),
+                           help=f"the same as --{cmd.positional.replace('_', '-')}")
         if cmd.presets:
             p.add_argument("--preset", choices=sorted(cmd.presets), default=None, nargs="+", metavar="PRESET",
                            help="start from named presets, applied in order (a setting, then ablations); explicit "

@@ -124,6 +124,13 @@ def make(cls: type, values: dict[str, Any]) -> Any:
     return obj
 
 
+def require(checks: list[tuple[bool, str, str]]) -> None:
+    """Raise a one-line error for the first failed ``(ok, field name, what was expected)``."""
+    for ok, name, expected in checks:
+        if not ok:
+            raise DfmetaError(f"field {name!r}: expected {expected}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-able dict of a config."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))

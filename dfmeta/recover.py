@@ -137,10 +137,10 @@ def frozen_teacher(teacher: Teacher) -> nn.Module:
 
 
 def loss_terms(model: nn.Module, bn: BNStatLoss, state: dict[str, Tensor], x: Tensor,
-               y: Tensor) -> tuple[Tensor, Tensor]:
-    """(CE, BN-statistics term) of one teacher ``model`` with ``state`` on normalised inputs ``x``."""
+               y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(CE, BN-statistics term, logits) of one teacher ``model`` with ``state`` on normalised inputs ``x``."""
     logits = functional_call(model, state, (x,))
-    return F.cross_entropy(logits, y), bn.pop()
+    return F.cross_entropy(logits, y), bn.pop(), logits
 
 
 def recovery_loss(teacher: Teacher, images: Tensor, labels: Tensor) -> tuple[float, float]:
@@ -148,7 +148,7 @@ def recovery_loss(teacher: Teacher, images: Tensor, labels: Tensor) -> tuple[flo
     model = frozen_teacher(teacher).to(images.device)
     state = {k: v.to(images.device) for k, v in teacher.state.items()}
     with torch.no_grad(), BNStatLoss(model) as bn:
-        ce, bnl = loss_terms(model, bn, state, normalise(images, teacher.mean, teacher.std), labels)
+        ce, bnl, _ = loss_terms(model, bn, state, normalise(images, teacher.mean, teacher.std), labels)
     return float(ce), float(bnl)
 
 
@@ -190,16 +190,24 @@ def teachers_per_batch(cfg: RecoveryConfig, image_size: int, device: torch.devic
     return max(1, min(64, int(0.6 * free / per)))
 
 
+ExtraLoss = Callable[[list[int], Tensor, Tensor], Tensor]
+"""``extra(teacher indices, logits [k, n, N], normalised inputs [k, n, C, H, W]) -> [k]`` of :func:`recover_tasks`."""
+
+
 def _group_key(t: Teacher) -> tuple:
     return t.arch, t.image_size, t.in_channels, t.num_classes
 
 
 def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
-                  seed: int, chunk: int = 0, on_step: Callable[[int], None] | None = None) -> list[RecoveredTask]:
+                  seed: int, chunk: int = 0, on_step: Callable[[int], None] | None = None,
+                  extra: ExtraLoss | None = None) -> list[RecoveredTask]:
     """Recover one task for each ``teachers[i]``, ``i`` in ``indices`` (results in that order).
 
     Same-architecture teachers are recovered together in batches of at most ``chunk`` (0: all at once);
     ``on_step(k)`` is called after each batched step with ``k`` the number of teachers in that batch.
+    ``extra(part, logits, x)``: a further loss per teacher, added to L_G (and to the best-batch choice), from the
+    teacher indices ``part`` of the batch, their logits ``[k, n, N]`` and normalised (augmented) inputs
+    ``[k, n, C, H, W]``; returns ``[k]`` (e.g. BiDf-MKD's boundary term).
     """
     device = torch.device(device)
     for i in indices:
@@ -213,13 +221,15 @@ def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConf
         step = chunk if chunk > 0 else len(members)
         for lo in range(0, len(members), step):
             part = members[lo:lo + step]
-            for i, task in zip(part, _recover_batch([teachers[i] for i in part], part, cfg, device, seed, on_step)):
+            for i, task in zip(part, _recover_batch([teachers[i] for i in part], part, cfg, device, seed, on_step,
+                                                    extra)):
                 done[i] = task
     return [done[i] for i in indices]
 
 
 def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
-                   seed: int, on_step: Callable[[int], None] | None) -> list[RecoveredTask]:
+                   seed: int, on_step: Callable[[int], None] | None,
+                   extra: ExtraLoss | None = None) -> list[RecoveredTask]:
     """Batched recovery of same-architecture teachers: vmap over stacked teachers and generators."""
     t0 = teachers[0]
     n_cls, size, chans = t0.num_classes, t0.image_size, t0.in_channels
@@ -260,8 +270,11 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryCon
             xa = x
             if cfg.augment:
                 xa = augment(x.flatten(0, 1), dys[step], dxs[step], flips[step]).view_as(x)
-            ce, bnl = terms(tstate, (xa - mean) / std)
+            xn = (xa - mean) / std
+            ce, bnl, logits = terms(tstate, xn)
             loss = ce + cfg.bn_weight * bnl
+            if extra is not None:
+                loss = loss + extra(indices, logits, xn)
             with torch.no_grad():
                 better = loss < best_loss  # no boolean indexing: no device sync per step
                 best_loss = torch.where(better, loss, best_loss)

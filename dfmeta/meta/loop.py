@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dfmeta.commands.common import DataConfig, EvalFields
-from dfmeta.config import make, to_dict
+from dfmeta.config import make, require, to_dict
 from dfmeta.data.domains import load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
@@ -67,15 +67,12 @@ class MetaTrainConfig(DataConfig, EvalFields):
 
     def validate(self) -> None:
         DataConfig.validate(self)
-        checks = [
+        require([
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.val_every >= 1, "val_every", ">= 1"),
             (self.zoo_size >= 0, "zoo_size", ">= 0"),
             (self.train_shot >= 1, "train_shot", ">= 1"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise DfmetaError(f"field {name!r}: expected {expected}")
+        ])
         if not self.zoo and not self.resume:
             raise DfmetaError("field 'zoo': a teacher zoo directory is required (`dfmeta zoo build` or `zoo import`)")
 

@@ -5,28 +5,42 @@ cross-entropy at the adapted parameters, summed over the tasks of the meta-batch
 divide by the number of tasks for a mean). Second-order by default: call ``.backward()`` (or ``torch.func.grad``) on
 the returned loss and gradients flow through the inner steps (the model then runs through
 :func:`dfmeta.meta.loss.second_order_model`, as PyTorch's fused batch norm is wrong there under ``vmap``);
-``first_order`` detaches the inner gradients.
+``first_order`` detaches the inner gradients. :func:`adapt` can also distil a teacher's logits on the support set
+(BiDf-MKD's inner loop), and :func:`replay` runs the replay meta-batches of an epoch with the authors' stopping rule.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import grad, vmap
 
 from dfmeta.errors import DfmetaError
-from dfmeta.meta.loss import second_order_model
+from dfmeta.meta.loss import kd_loss, second_order_model
 from dfmeta.nets import fcall
+
+if TYPE_CHECKING:
+    from dfmeta.meta.bank import MemoryBank
 
 Params = dict[str, Tensor]
 
 
 def adapt(model: nn.Module, params: Params, x: Tensor, y: Tensor, inner_lr: float, inner_steps: int,
-          first_order: bool = False) -> Params:
-    """``inner_steps`` steps of plain gradient descent on one support set (vmappable, differentiable)."""
+          first_order: bool = False, teacher_logits: Tensor | None = None, kd_form: str = "kl") -> Params:
+    """``inner_steps`` steps of plain gradient descent on one support set (vmappable, differentiable).
+
+    The support loss is the cross-entropy to ``y``; with ``teacher_logits`` ``[n, N]`` it is instead the distillation
+    term :func:`dfmeta.meta.loss.kd_loss` (``kd_form``) to the teacher's outputs (``y`` unused).
+    """
     def support_loss(p: Params) -> Tensor:
-        return F.cross_entropy(fcall(model, p, x), y)
+        logits = fcall(model, p, x)
+        if teacher_logits is not None:
+            return kd_loss(logits, teacher_logits, kd_form)
+        return F.cross_entropy(logits, y)
 
     p = params
     for _ in range(inner_steps):
@@ -61,3 +75,32 @@ def maml_loss(model: nn.Module, params: Params, xs: Tensor, ys: Tensor, xq: Tens
 
     losses, accs = vmap(task)(xs, ys, xq, yq)
     return losses.sum(), accs.mean().detach()
+
+
+def replay(model: nn.Module, params: Params, opt: torch.optim.Optimizer, bank: "MemoryBank", seed: int, *,
+           n_tasks: int, n_way: int, k_shot: int, n_query: int, inner_lr: float, inner_steps: int, first_order: bool,
+           patience: int, max_batches: int) -> dict[str, float]:
+    """Cross-task replay: MAML meta-batches of ``n_tasks`` interpolated tasks from ``bank`` (drawn with a generator
+    seeded by ``seed`` on the parameters' device), one ``opt`` step each, until ``patience`` batches in a row bring no
+    new best training accuracy (the authors' rule) or ``max_batches``. Stops early while the bank cannot supply
+    ``n_way`` classes. Returns replay_batches, replay_loss, replay_acc."""
+    generator = torch.Generator(device=next(iter(params.values())).device)
+    generator.manual_seed(seed)
+    best, stale, n, losses = -1.0, 0, 0, []
+    while n < max_batches and stale < patience:
+        try:
+            xs, ys, xq, yq = bank.sample_tasks(n_tasks, n_way, k_shot, n_query, generator)
+        except DfmetaError:
+            break  # not enough stored classes yet
+        loss, acc = maml_loss(model, params, xs, ys, xq, yq, inner_lr, inner_steps, first_order)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += 1
+        losses.append(float(loss.detach()))
+        if float(acc) > best:
+            best, stale = float(acc), 0
+        else:
+            stale += 1
+    return {"replay_batches": n, "replay_loss": float(np.mean(losses)) if losses else float("nan"),
+            "replay_acc": best if n else float("nan")}

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dfmeta.config import require
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.recover import normalise
@@ -84,15 +85,12 @@ class TrainConfig(MetaTrainConfig):
 
     def validate(self) -> None:
         MetaTrainConfig.validate(self)
-        checks = [
+        require([
             (self.kd or self.ce, "kd/ce", "at least one loss term on"),
             (self.teachers_per_epoch >= 1, "teachers_per_epoch", ">= 1"),
             (self.groups >= 1, "groups", ">= 1"),
             (self.beta >= 0, "beta", ">= 0"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise DfmetaError(f"field {name!r}: expected {expected}")
+        ])
 
 
 class Trainer(MetaTrainer):
@@ -207,31 +205,12 @@ class Trainer(MetaTrainer):
 
     def replay(self, epoch: int) -> dict[str, float]:
         """Cross-task replay: MAML meta-batches of interpolated tasks from the memory bank."""
-        from dfmeta.meta.maml import maml_loss
+        from dfmeta.meta.maml import replay
         cfg = self.cfg
-        g = torch.Generator(device=self.device)
-        g.manual_seed(epoch_seed(cfg.seed, epoch, 2))
-        best, stale, n, losses = -1.0, 0, 0, []
-        while n < cfg.replay_max_batches and stale < cfg.replay_patience:
-            try:
-                xs, ys, xq, yq = self.bank.sample_tasks(cfg.meta_batch, self.n_way, cfg.train_shot,
-                                                        cfg.replay_queries, g)
-            except DfmetaError:
-                break  # not enough stored classes yet
-            loss, acc = maml_loss(self.model, self.params, xs, ys, xq, yq, cfg.inner_lr, cfg.inner_steps,
-                                  cfg.first_order)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            n += 1
-            losses.append(float(loss.detach()))
-            acc = float(acc)
-            if acc > best:
-                best, stale = acc, 0
-            else:
-                stale += 1
-        return {"replay_batches": n, "replay_loss": float(np.mean(losses)) if losses else float("nan"),
-                "replay_acc": best if n else float("nan")}
+        return replay(self.model, self.params, self.opt, self.bank, epoch_seed(cfg.seed, epoch, 2),
+                      n_tasks=cfg.meta_batch, n_way=self.n_way, k_shot=cfg.train_shot, n_query=cfg.replay_queries,
+                      inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, first_order=cfg.first_order,
+                      patience=cfg.replay_patience, max_batches=cfg.replay_max_batches)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Pick m teachers, recover their tasks, take the IGR step, store the tasks, replay."""

@@ -1,0 +1,77 @@
+"""``dfmeta report``: run directories -> markdown tables in the TGR paper's layout, PNG plots of the analyses.
+
+Modules: :mod:`~dfmeta.report.collect` (find and parse runs), :mod:`~dfmeta.report.cells` (mean ± CI per setting,
+footnotes naming the runs), :mod:`~dfmeta.report.tables` (Table 1, scenarios, ablations, Fig. 6),
+:mod:`~dfmeta.report.analyses` (Fig. 4, Fig. 5), :mod:`~dfmeta.report.plots` (matplotlib, optional),
+:mod:`~dfmeta.report.paper` (the paper's numbers, shown in rows of their own).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from dfmeta.report.analyses import analysis_sections
+from dfmeta.report.cells import LEGEND
+from dfmeta.report.collect import Collection, collect
+from dfmeta.report.plots import MISSING, PlotSink, fig6_png
+from dfmeta.report.tables import Tables, dataset_name, other_table, render_tables, unfinished_table
+from dfmeta.runs import atomic_write
+
+
+def default_plot_dir(out: str) -> Path | None:
+    """``report.md`` -> ``report_plots/`` beside it; none when printing to stdout."""
+    return Path(out).with_name(Path(out).stem + "_plots") if out else None
+
+
+def build_report(paths: Sequence[str], out: str = "", plots: str = "") -> str:
+    """The markdown report of the runs under ``paths``; writes it to ``out`` (if given) and the plots to ``plots``
+    (default: beside ``out``). Returns the markdown."""
+    found = collect(paths)
+    folder = Path(plots) if plots else default_plot_dir(out)
+    sink = PlotSink(folder, Path(out).resolve().parent if out else Path.cwd())
+    lines = ["# dfmeta report", "", f"From {', '.join(f'`{p}`' for p in paths)}: {len(found.runs)} finished runs, "
+             f"{len(found.analyses)} analysis runs, {len(found.unfinished)} unfinished.", "", LEGEND, ""]
+    if folder is not None and not sink.enabled:
+        print(MISSING, file=sys.stderr)
+        lines += [f"> {MISSING}.", ""]
+    tables = render_tables(found.runs)
+    lines += tables.lines + fig6_lines(tables, sink)
+    analysis_lines, unknown = analysis_sections(found.analyses, sink)
+    lines += analysis_lines + other_table(tables.other) + unfinished_table(found.unfinished)
+    lines += left_out(found, [(r.path, f"unknown analysis {(r.analysis or {}).get('analysis')!r}") for r in unknown])
+    text = "\n".join(lines).rstrip() + "\n"
+    if out:
+        atomic_write(out, text)
+    return text
+
+
+def fig6_lines(tables: Tables, sink: PlotSink) -> list[str]:
+    """Fig. 6's plot from its table's cells (columns with a known number of teachers)."""
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    for ((method, dataset, k), variant, n), cell in tables.teachers.items():
+        if n != "all":
+            label = f"{method} {dataset_name(dataset)} {k}-shot" + (f" [{variant}]" if variant else "")
+            series.setdefault(label, []).append((n, cell.mean, cell.ci95))
+    if not series:
+        return []
+    return sink.add("fig6_teachers.png", "Fig. 6: accuracy against the number of teachers",
+                    lambda p: fig6_png(series, p))
+
+
+def left_out(found: Collection, more: list[tuple[Path, str]]) -> list[str]:
+    """Directories not reported and why; runs whose zoo was not found (assumed single-architecture)."""
+    lines = []
+    skipped = found.skipped + more
+    if skipped:
+        lines += ["## Left out", "", *(f"- `{p}`: {why}" for p, why in skipped), ""]
+    unknown = [r for r in found.runs if r.zoo_note]
+    if unknown:
+        lines += ["## Zoo architectures unknown", "", "These runs' zoo manifests are not readable from here, so "
+                  "they count as single-architecture:", "",
+                  *(f"- `{r.name}`: {r.zoo_note}" for r in unknown), ""]
+    return lines
+
+
+__all__ = ["build_report"]

@@ -1,0 +1,239 @@
+"""Find run directories (by their ``config.json``) and read them: meta-training, evaluation and analysis runs.
+
+A meta-training run (``dfmeta train``, ``dfmeta baseline ...``) has ``results.json`` with ``"test"``; an evaluation
+run (``dfmeta evaluate``) has ``results.json`` with ``"results"``; an analysis run (``dfmeta group``, ``dfmeta
+analyse ...``) has ``analysis.json``. A run without them is unfinished: it is listed, never reported.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dfmeta.errors import DfmetaError
+
+Kind = Literal["train", "evaluate", "analysis"]
+
+# Defaults of TGR's ablation switches (dfmeta train; the paper's setting). A run differing in one of them is an
+# ablation (Tables 4-6, 8; Fig. 6), not the main table's TGR.
+ABLATION_DEFAULTS: dict[str, Any] = dict(grouping="dissimilarity", igr="first", kd=True, ce=True, replay=True,
+                                         groups=5, zoo_size=0)
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON file; a malformed one is a :class:`DfmetaError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DfmetaError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DfmetaError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise DfmetaError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl`` (none if absent); a malformed line is an error naming file and line."""
+    if not path.is_file():
+        return []
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DfmetaError(f"{path}:{i}: not valid JSON ({e})") from None
+    return rows
+
+
+@dataclass
+class Run:
+    """One run directory, parsed."""
+
+    path: Path
+    kind: Kind
+    config: dict[str, Any]
+    results: dict[str, Any] | None = None
+    """``results.json`` (None: unfinished)."""
+    analysis: dict[str, Any] | None = None
+    """``analysis.json`` of an analysis run."""
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    archs: tuple[str, ...] | None = None
+    """Architectures of the zoo's teachers (None: no zoo, or its manifest was not found)."""
+    zoo_note: str = ""
+    """Why ``archs`` is unknown, if the run names a zoo."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return self.analysis is not None if self.kind == "analysis" else self.results is not None
+
+    @property
+    def method(self) -> str:
+        """tgr, purer, ..., finetune, ...: from results.json, else the config, else the directory name."""
+        for src in (self.results or {}, self.config, self.analysis or {}):
+            if isinstance(src.get("method"), str):
+                return src["method"]
+        if isinstance((self.analysis or {}).get("analysis"), str):
+            return self.analysis["analysis"]  # type: ignore[index]
+        parts = self.name.split("__")
+        return parts[1] if len(parts) == 4 else "?"
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset") or (self.results or {}).get("dataset") or "?")
+
+    @property
+    def scenario(self) -> str:
+        """single, multi-domain (several datasets joined by '+') or multi-arch (a zoo of several architectures)."""
+        if "+" in self.dataset:
+            return "multi-domain"
+        if self.archs and len(set(self.archs)) > 1:
+            return "multi-arch"
+        return "single"
+
+    @property
+    def epochs(self) -> int | None:
+        """Configured epochs T (meta-training runs)."""
+        return self.config.get("epochs") if self.kind == "train" else None
+
+    @property
+    def epochs_run(self) -> int | None:
+        """Epochs run: from results.json, else (unfinished) the last logged epoch."""
+        if self.results is not None:
+            return self.results.get("epochs_run")
+        done = [m["epoch"] for m in self.metrics if isinstance(m.get("epoch"), int)]
+        return max(done) if done else 0
+
+    @property
+    def selected_epoch(self) -> int | None:
+        return (self.results or {}).get("selected_epoch")
+
+    @property
+    def ended_early(self) -> bool:
+        """A meta-training run that stopped before its configured T (time limit)."""
+        return self.kind == "train" and None not in (self.epochs, self.epochs_run) and self.epochs_run < self.epochs
+
+    def ablation(self) -> dict[str, Any]:
+        """The run's values of the ablation switches it has (baselines have only some, e.g. zoo_size)."""
+        return {k: self.config[k] for k in ABLATION_DEFAULTS if k in self.config}
+
+    def deviations(self) -> set[str]:
+        """Ablation switches set away from the paper's default."""
+        return {k for k, v in self.ablation().items() if v != ABLATION_DEFAULTS[k]}
+
+    def shots(self) -> list[int]:
+        """The K values with a test result."""
+        return sorted(int(k) for k in self._by_shot())
+
+    def test(self, k: int) -> dict[str, Any] | None:
+        """``{"acc", "ci95", "episodes", ["domains"]}`` at K shots, if tested."""
+        return self._by_shot().get(str(k))
+
+    def _by_shot(self) -> dict[str, Any]:
+        if self.results is None:
+            return {}
+        return self.results.get("test" if self.kind == "train" else "results") or {}
+
+
+@dataclass
+class Collection:
+    """Every run found, sorted into what the report can use."""
+
+    runs: list[Run] = field(default_factory=list)
+    """Finished meta-training and test-split evaluation runs."""
+    analyses: list[Run] = field(default_factory=list)
+    unfinished: list[Run] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    """Directories left out, with the reason."""
+
+
+def find_run_dirs(paths: list[str] | tuple[str, ...]) -> list[Path]:
+    """Run directories: each path that holds ``config.json``, or every folder below it that does."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DfmetaError(f"{p}: no such run directory or folder")
+        if (p / "config.json").is_file():
+            found.append(p)
+            continue
+        below = sorted(c.parent for c in p.rglob("config.json"))
+        if not below:
+            raise DfmetaError(f"{p}: no run directories below it (none holds a config.json)")
+        found.extend(below)
+    unique = {d.resolve(): d for d in found}
+    return sorted(unique.values(), key=lambda d: str(d))
+
+
+def zoo_archs(config: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
+    """The architectures of the run's zoo from ``<zoo>/manifest.json``, or None and why."""
+    from dfmeta.zoo.format import read_manifest
+    zoo = config.get("zoo")
+    if not zoo:
+        return None, ""
+    if not (Path(zoo) / "manifest.json").is_file():
+        return None, f"zoo {zoo} not found here"
+    try:
+        models = read_manifest(zoo)["models"]
+    except DfmetaError as e:  # the report does not depend on the zoo: say why and go on
+        return None, str(e)
+    return tuple(str(m.get("arch", "?")) for m in models), ""
+
+
+def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
+    """Parse one run directory (config.json unless given, results.json or analysis.json, metrics.jsonl)."""
+    config = read_object(path / "config.json") if config is None else config
+    results = read_object(path / "results.json") if (path / "results.json").is_file() else None
+    analysis = read_object(path / "analysis.json") if (path / "analysis.json").is_file() else None
+    if analysis is not None:
+        kind: Kind = "analysis"
+    elif results is not None:
+        if isinstance(results.get("test"), dict):
+            kind = "train"
+        elif isinstance(results.get("results"), dict):
+            kind = "evaluate"
+        else:
+            raise DfmetaError(f"{path / 'results.json'}: expected a field 'test' (meta-training run) or "
+                              "'results' (evaluation run)")
+    else:
+        kind = "train" if "val_every" in config else "evaluate" if "split" in config else "analysis"
+    run = Run(path, kind, config, results, analysis, read_metrics(path / "metrics.jsonl"))
+    run.archs, run.zoo_note = zoo_archs(config)
+    if run.kind != "analysis":
+        for k, res in run._by_shot().items():
+            if not (k.isdigit() and isinstance(res, dict) and isinstance(res.get("acc"), (int, float))
+                    and isinstance(res.get("ci95"), (int, float))):
+                raise DfmetaError(f"{path / 'results.json'}: the result at K={k!r} needs numbers 'acc' and 'ci95'")
+    return run
+
+
+def collect(paths: list[str] | tuple[str, ...]) -> Collection:
+    """Find, parse and sort every run below ``paths``."""
+    out = Collection()
+    for d in find_run_dirs(paths):
+        config = read_json(d / "config.json")
+        if not isinstance(config, dict) or "seed" not in config:
+            out.skipped.append((d, "config.json is not a dfmeta run's (no 'seed' field)"))
+            continue
+        run = load_run(d, config)
+        if not run.finished:
+            out.unfinished.append(run)
+        elif run.kind == "analysis":
+            out.analyses.append(run)
+        elif run.kind == "evaluate" and (run.results or {}).get("split", run.config.get("split")) != "test":
+            out.skipped.append((d, f"evaluation on split {run.results.get('split')!r} (only 'test' is reported)"))
+        else:
+            out.runs.append(run)
+    return out

@@ -1,0 +1,254 @@
+"""dfmeta report: run directories fabricated in tmp_path -> tables (numbers, CI, the paper's rows), plots, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from dfmeta.cli import main
+from dfmeta.errors import DfmetaError
+from dfmeta.report import build_report
+from dfmeta.zoo.format import write_manifest
+
+
+def _write(d: Path, name: str, obj) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(json.dumps(obj))
+
+
+def train_run(root: Path, name: str, accs: dict[int, tuple[float, float]] | None, *, method: str = "tgr",
+              dataset: str = "cifar-fs", train_shot: int = 1, epochs: int = 100, epochs_run: int = 100,
+              selected: int = 80, domains: dict[int, dict[str, tuple[float, float]]] | None = None, **cfg) -> Path:
+    """A meta-training run directory; ``accs=None``: unfinished (no results.json)."""
+    d = root / name
+    config = dict(dataset=dataset, seed=0, zoo="", zoo_size=0, train_shot=train_shot, epochs=epochs, val_every=20,
+                  episodes=600, rec_nf=64)
+    if method == "tgr":
+        config.update(grouping="dissimilarity", igr="first", groups=5, kd=True, ce=True, replay=True)
+    config.update(cfg)
+    _write(d, "config.json", config)
+    rows = [{"epoch": e, "loss": 1.0, "t_recover": 0.1} for e in range(1, epochs_run + 1)]
+    if accs is not None:
+        test = {str(k): {"acc": a, "ci95": c, "episodes": 600} for k, (a, c) in accs.items()}
+        for k, parts in (domains or {}).items():
+            test[str(k)]["domains"] = {n: {"acc": a, "ci95": c, "episodes": 300} for n, (a, c) in parts.items()}
+        _write(d, "results.json", {"method": method, "dataset": dataset, "epochs_run": epochs_run,
+                                   "selected_epoch": selected, "val_acc": 33.33, "test": test})
+    else:
+        rows[-1]["val_acc"] = 33.33
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
+def eval_run(root: Path, name: str, method: str, accs: dict[int, tuple[float, float]], dataset: str = "cifar-fs",
+             split: str = "test") -> Path:
+    d = root / name
+    _write(d, "config.json", dict(dataset=dataset, seed=0, method=method, split=split, zoo=""))
+    _write(d, "results.json", {"method": method, "split": split,
+                               "results": {str(k): {"acc": a, "ci95": c, "episodes": 600} for k, (a, c) in accs.items()}})
+    return d
+
+
+def table(text: str, title: str) -> str:
+    """The section of ``text`` under the heading that starts with ``title`` (up to the next heading)."""
+    m = re.search(rf"^## {re.escape(title)}.*?(?=^## |\Z)", text, re.S | re.M)
+    assert m, f"no section {title!r} in:\n{text}"
+    return m.group(0)
+
+
+def test_main_table_seeds_ci_paper_rows_and_sources(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    train_run(runs / "a", "cifar-fs__tgr__0__x", {1: (40.0, 0.6), 5: (50.0, 0.7)})
+    train_run(runs / "b", "cifar-fs__tgr__1__x", {1: (42.0, 0.8), 5: (52.0, 0.9)}, epochs_run=60, selected=40)
+    train_run(runs, "cifar-fs__tgr5__0__x", {1: (39.0, 0.5), 5: (56.5, 0.75)}, train_shot=5)
+    eval_run(runs, "cifar-fs__finetune__0__x", "finetune", {1: (31.13, 0.63), 5: (43.14, 0.72)})
+    train_run(runs, "cifar-fs__purer__0__x", {1: (37.0, 0.5)}, method="purer", zoo_size=0, adv_scale=1.0)
+    text = build_report([str(runs)])
+    main_t = table(text, "Main results")
+    # 1-shot: two seeds meta-trained at K=1 (mean, mean CI, sd); 5-shot: the run meta-trained at K=5 only
+    assert re.search(r"\| TGR \| ours \| 41\.00 ± 0\.70 \(n=2, sd 1\.41\)\* \[\d+\] \| 56\.50 ± 0\.75 \[\d+\] \|", main_t)
+    assert "| TGR | *paper* (Wei et al., ICML 2024) | 43.58 | 57.49 |" in main_t
+    assert re.search(r"\| Finetune \| ours \| 31\.13 ± 0\.63 \[\d+\] \| 43\.14 ± 0\.72 \[\d+\] \|", main_t)
+    assert "| Finetune | *paper* (Wei et al., ICML 2024) | 28.59 | 34.77 |" in main_t
+    # our cells and the paper's never share a row
+    for line in main_t.splitlines():
+        assert not ("ours" in line and "paper" in line)
+    # the footnote names both seeds, their own numbers, epochs run and the selected epoch
+    assert ("`cifar-fs__tgr__0__x` 40.00 ± 0.60: epochs 100/100, selected epoch 80, 600 episodes; "
+            "`cifar-fs__tgr__1__x` 42.00 ± 0.80: epochs 60/100 (ended early), selected epoch 40") in main_t
+    assert "`cifar-fs__finetune__0__x`: finetune evaluated on split test" in main_t
+    assert re.search(r"\| PURER \| ours \| 37\.00 ± 0\.50 \[\d+\] \| — \|", main_t)
+    assert "BiDf-MKD | *paper* (Wei et al., ICML 2024) | 37.66 | 51.16 |" in main_t  # reference rows without ours
+
+
+def test_other_shot_runs_marked(tmp_path) -> None:
+    train_run(tmp_path, "cifar-fs__tgr__0__x", {1: (40.0, 0.6), 5: (50.0, 0.7)})
+    main_t = table(build_report([str(tmp_path)]), "Main results")
+    assert re.search(r"\| TGR \| ours \| 40\.00 ± 0\.60 \[1\] \| 50\.00 ± 0\.70† \[2\] \|", main_t)
+    assert "[2] `cifar-fs__tgr__0__x`: epochs 100/100, selected epoch 80, meta-trained at K=1" in main_t
+
+
+def test_unfinished_listed_without_numbers(tmp_path) -> None:
+    train_run(tmp_path, "cifar-fs__tgr__0__done", {1: (40.0, 0.6)})
+    train_run(tmp_path, "cifar-fs__purer__0__running", None, method="purer", epochs_run=7)
+    text = build_report([str(tmp_path)])
+    unf = table(text, "Unfinished runs")
+    assert "| `cifar-fs__purer__0__running` | train | PURER | CIFAR-FS | epoch 7 of 100 | no results.json |" in unf
+    assert "33.33" not in text and "| PURER | ours" not in text
+
+
+def test_variants_get_their_own_rows(tmp_path) -> None:
+    train_run(tmp_path, "a", {1: (40.0, 0.6)}, rec_nf=64)
+    train_run(tmp_path, "b", {1: (30.0, 0.6)}, rec_nf=16)
+    # fields that differ only between datasets (T = 1000 / 1200) split nothing
+    train_run(tmp_path, "c", {1: (36.0, 0.6)}, dataset="miniimagenet", epochs=1200, epochs_run=1200)
+    main_t = table(build_report([str(tmp_path)]), "Main results")
+    assert "epochs=" not in main_t and re.search(r"\| 36\.00 ± 0\.60 \[\d\] \|", main_t)
+    assert re.search(r"\| TGR \[rec_nf=16\] \| ours \| 30\.00 ± 0\.60 \[\d\] \|", main_t)
+    assert re.search(r"\| TGR \[rec_nf=64\] \| ours \| 40\.00 ± 0\.60 \[\d\] \|", main_t)
+    assert "n=2" not in main_t
+
+
+def test_ablation_tables(tmp_path) -> None:
+    train_run(tmp_path, "tgr", {1: (44.0, 0.6)})
+    train_run(tmp_path, "vanilla", {1: (41.0, 0.6)}, grouping="off", igr="off")
+    train_run(tmp_path, "grouping", {1: (42.0, 0.6)}, igr="off")
+    train_run(tmp_path, "kd", {1: (38.0, 0.6)}, ce=False)
+    train_run(tmp_path, "sim", {1: (40.5, 0.6)}, grouping="similarity")
+    train_run(tmp_path, "c3", {5: (48.5, 0.7)}, dataset="miniimagenet", train_shot=5, groups=3)
+    train_run(tmp_path, "mini", {5: (49.5, 0.7)}, dataset="miniimagenet", train_shot=5)
+    train_run(tmp_path, "z10", {1: (35.0, 0.6)}, zoo_size=10)
+    train_run(tmp_path, "several", {1: (30.0, 0.6)}, replay=False, kd=False)
+    eval_run(tmp_path, "ft", "finetune", {1: (31.0, 0.6)})  # a main-table run without TGR's switches
+    text = build_report([str(tmp_path)])
+    t4 = table(text, "Ablation: task grouping and IGR")
+    assert re.search(r"\| vanilla \| ours \| 41\.00 ± 0\.60 \[\d\] \|", t4)
+    assert "| vanilla | *paper* (Wei et al., ICML 2024) | 41.84 |" in t4
+    assert re.search(r"\| \+ grouping \| ours \| 42\.00 ± 0\.60 \[\d\] \|", t4)
+    assert re.search(r"\| TGR \| ours \| 44\.00 ± 0\.60 \[\d\] \|", t4)  # the default run as reference
+    assert "miniImageNet" not in t4  # only the datasets of the ablation runs
+    assert re.search(r"\| KD only \| ours \| 38\.00 ± 0\.60 \[\d\] \|", table(text, "Loss components"))
+    t8 = table(text, "Similarity against dissimilarity")
+    assert re.search(r"\| similarity grouping \| ours \| 40\.50", t8) and "dissimilarity grouping (TGR) | ours | 44.00" in t8
+    t6 = table(text, "Number of groups")
+    assert re.search(r"\| miniImageNet \| 5 \| ours \| 48\.50 ± 0\.70 \[\d\] \| 49\.50 ± 0\.70 \[\d\] \|", t6)
+    assert "| miniImageNet | 5 | *paper* (Wei et al., ICML 2024) | 48.20 | 49.00 |" in t6
+    f6 = table(text, "Accuracy against the number of teachers")
+    assert "| 10 teachers | all |" in f6 and re.search(r"\| TGR \| CIFAR-FS \| 1 \| ours \| 35\.00 ± 0\.60 \[\d\] \| 44\.00", f6)
+    other = table(text, "Other runs")
+    assert "| `several` | TGR | CIFAR-FS | single | kd=false, replay=false | 1 | 100/100, selected 80 | 30.00 ± 0.60 |" in other
+    assert "several" not in text.split("## Other runs")[0]
+
+
+def test_scenarios(tmp_path) -> None:
+    zoo = tmp_path / "zoo"
+    write_manifest(zoo, [{"arch": "conv4"}, {"arch": "resnet10"}, {"arch": "resnet18"}])
+    train_run(tmp_path / "runs", "arch", {1: (44.0, 0.6)}, zoo=str(zoo))
+    train_run(tmp_path / "runs", "md", {1: (30.0, 0.5)}, dataset="cifar-fs+omniglot",
+              domains={1: {"cifar-fs": (28.0, 0.7), "omniglot": (32.0, 0.7)}})
+    train_run(tmp_path / "runs", "lost", {1: (40.0, 0.6)}, zoo="/nowhere/zoo")
+    text = build_report([str(tmp_path / "runs")])
+    md = table(text, "Multi-domain scenario")
+    assert ("| method | source | CIFAR-FS+Omniglot 1-shot: all domains | CIFAR-FS+Omniglot 1-shot: CIFAR-FS | "
+            "CIFAR-FS+Omniglot 1-shot: Omniglot |") in md
+    assert re.search(r"\| TGR \| ours \| 30\.00 ± 0\.50 \[1\] \| 28\.00 ± 0\.70 \[2\] \| 32\.00 ± 0\.70 \[2\] \|", md)
+    assert "[2] `md`: epochs 100/100, selected epoch 80, 300 episodes" in md
+    assert "| TGR | *paper* (Wei et al., ICML 2024; CIFAR-FS+miniImageNet+CUB) | 32.04 | — | — |" in md
+    ma = table(text, "Multi-architecture scenario")
+    assert "conv4, resnet10, resnet18" in ma and re.search(r"\| TGR \| ours \| 44\.00 ± 0\.60 \[1\] \|", ma)
+    assert "44.18" in ma
+    assert re.search(r"\| TGR \| ours \| 40\.00", table(text, "Main results"))
+    assert "`lost`: zoo /nowhere/zoo not found here" in table(text, "Zoo architectures unknown")
+
+
+def _analyses(root: Path) -> None:
+    W = [[0, .1, .5, .6], [.1, 0, .5, .7], [.5, .5, 0, .6], [.6, .7, .6, 0]]
+    ov = [[5, 3, 0, 0], [3, 5, 0, 0], [0, 0, 5, 0], [0, 0, 0, 5]]
+    _write(root / "zoo__group__42__x", "config.json", {"seed": 42, "zoo": "zoo"})
+    _write(root / "zoo__group__42__x", "analysis.json", {
+        "analysis": "dissimilarity", "teacher_ids": list("abcd"), "archs": ["conv4"] * 3 + ["resnet10"],
+        "datasets": ["cifar-fs"] * 4, "W": W, "overlap": ov})
+    _write(root / "zoo__igr-vs-erm__0__x", "config.json", {"seed": 0, "zoo": "zoo", "epochs": 4})
+    series = lambda r: {"regulariser": r, "cosine": [.1, .2, .3, .4], "loss": [2, 1.5, 1.2, 1.0]}  # noqa: E731
+    _write(root / "zoo__igr-vs-erm__0__x", "analysis.json", {
+        "analysis": "igr-vs-erm", "beta": 0.001, "teachers_per_epoch": 4, "epochs": [1, 2, 3, 4],
+        "runs": {"igr": series([4, 3, 2, 1]), "erm": series([4, 5, 6, 8])}})
+
+
+def test_analyses_and_plots(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    _analyses(tmp_path / "runs")
+    train_run(tmp_path / "runs", "z10", {1: (35.0, 0.6)}, zoo_size=10)
+    train_run(tmp_path / "runs", "z20", {1: (38.0, 0.6)}, zoo_size=20)
+    out = tmp_path / "rep" / "report.md"
+    text = build_report([str(tmp_path / "runs")], str(out))
+    assert out.read_text() == text
+    f4 = table(text, "Task dissimilarity (Fig. 4)")
+    assert "| 3 shared classes | 1 | 0.1000 |" in f4
+    assert "| 0 shared classes | 5 | 0.5800 | 0.0837 |" in f4  # pairs (i<j) sharing none: .5 .6 .5 .7 .6
+    assert "| same arch | 3 | 0.3667 |" in f4 and "| different arch | 3 | 0.6333 |" in f4
+    assert "dataset" not in f4.split("|---|")[1]  # one dataset: no same/different dataset rows
+    f5 = table(text, "IGR against ERM (Fig. 5)")
+    assert "| IGR | 1.5 | 0.35 | 1.1 |" in f5 and "| ERM | 7 | 0.35 | 1.1 |" in f5
+    plots = sorted(p.name for p in (tmp_path / "rep" / "report_plots").iterdir())
+    assert plots == ["fig4_zoo__group__42__x.png", "fig5_zoo__igr-vs-erm__0__x.png", "fig6_teachers.png"]
+    for name in plots:
+        assert (tmp_path / "rep" / "report_plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(report_plots/{name})" in text
+
+
+def test_without_matplotlib_still_writes_markdown(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    _analyses(tmp_path / "runs")
+    out = tmp_path / "report.md"
+    text = build_report([str(tmp_path / "runs")], str(out), str(tmp_path / "plots"))
+    assert "matplotlib is not installed" in capsys.readouterr().err and "matplotlib is not installed" in text
+    assert "Task dissimilarity (Fig. 4)" in out.read_text() and not (tmp_path / "plots").exists()
+
+
+def test_malformed_and_left_out_inputs(tmp_path) -> None:
+    bad = train_run(tmp_path / "a", "bad", {1: (40.0, 0.6)})
+    (bad / "results.json").write_text("{not json")
+    with pytest.raises(DfmetaError, match=re.escape(str(bad / "results.json")) + ": not valid JSON"):
+        build_report([str(tmp_path / "a")])
+    lines = train_run(tmp_path / "b", "lines", None)
+    with open(lines / "metrics.jsonl", "a") as fh:
+        fh.write("{oops\n")
+    with pytest.raises(DfmetaError, match=re.escape(str(lines / "metrics.jsonl")) + r":101: not valid JSON"):
+        build_report([str(tmp_path / "b")])
+    shape = train_run(tmp_path / "c", "shape", {1: (40.0, 0.6)})
+    _write(shape, "results.json", {"method": "tgr", "test": {"1": {"acc": "high"}}})
+    with pytest.raises(DfmetaError, match="needs numbers 'acc' and 'ci95'"):
+        build_report([str(tmp_path / "c")])
+    _analyses(tmp_path / "w")
+    _write(tmp_path / "w" / "zoo__group__42__x", "analysis.json", {"analysis": "dissimilarity", "W": [[0, 1], [1, 0]],
+                                                                    "overlap": [[5, 0, 0]]})
+    with pytest.raises(DfmetaError, match=r"zoo__group__42__x/analysis.json: 'W' \(2, 2\) and 'overlap' \(1, 3\)"):
+        build_report([str(tmp_path / "w")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DfmetaError, match="no run directories below it"):
+        build_report([str(tmp_path / "empty")])
+    with pytest.raises(DfmetaError, match="no such run directory"):
+        build_report([str(tmp_path / "missing")])
+    ok = tmp_path / "d"
+    eval_run(ok, "val", "finetune", {1: (30.0, 0.6)}, split="val")
+    _write(ok / "probe", "config.json", {"architectures": ["ResNet"]})
+    train_run(ok, "good", {1: (40.0, 0.6)})
+    left = table(build_report([str(ok)]), "Left out")
+    assert "split 'val' (only 'test' is reported)" in left and "probe`: config.json is not a dfmeta run's" in left
+
+
+def test_cli(tmp_path, capsys) -> None:
+    train_run(tmp_path / "runs", "one", {1: (40.0, 0.6)})
+    out = tmp_path / "r.md"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--plots", str(tmp_path / "p")]) == 0
+    assert "40.00 ± 0.60" in out.read_text()
+    assert main(["report", "--runs", str(tmp_path / "runs" / "one")]) == 0
+    assert "| TGR | ours | 40.00 ± 0.60 [1] |" in capsys.readouterr().out
+    assert main(["report"]) == 2
+    assert "field 'runs'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r.txt")]) == 2
