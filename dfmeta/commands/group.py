@@ -143,20 +143,10 @@ def dissimilarity_analysis(zoo, W: np.ndarray) -> dict:
 
 
 def summarise_dissimilarity(a: dict) -> list[str]:
-    """Mean off-diagonal W per class overlap, and for same / different architecture and dataset pairs."""
-    W, ov = np.asarray(a["W"]), np.asarray(a["overlap"])
-    off = ~np.eye(len(W), dtype=bool)
-    lines = []
-    for k in np.unique(ov[off]):
-        sel = off & (ov == k)
-        lines.append(f"  pairs sharing {k} classes: {sel.sum() // 2:5d}, mean W {W[sel].mean():.4f}")
-    for key in ("archs", "datasets"):
-        v = np.asarray(a[key])
-        same = (v[:, None] == v[None, :]) & off
-        if same.any() and (off & ~same).any():
-            lines.append(f"  {key[:-1]}: same {W[same].mean():.4f}, different {W[off & ~same].mean():.4f} (mean W)")
-    return ["W against class overlap (Fig. 4):"] + lines if lines else []
-
-
-COMMANDS = [Command("group", "Group a zoo's teachers by task dissimilarity (TGR Eq. 5-7); writes groups.json, W.png.",
-                    GroupCommandConfig, run_group)]
+    """Mean W of teacher pairs per class overlap, and for same / different architecture and dataset pairs."""
+    from dfmeta.report.analyses import pair_stats
+    s = pair_stats(a, "analysis")
+    lines = [f"  pairs sharing {k} classes: {p:5d}, mean W {m:.4f}" for k, p, m, _ in s["overlap"]]
+    lines += [f"  {key[:-1]}: same {c['same'][1]:.4f}, different {c['different'][1]:.4f} (mean W)"
+              for key, c in s["pairs"].items()]
+    return ["W against class overlap (Fig. 4):"] + lines

@@ -20,9 +20,13 @@ def _stats(w: np.ndarray) -> tuple[int, float, float]:
 
 
 def dissimilarity_stats(run: Run) -> dict[str, Any]:
+    """:func:`pair_stats` of a ``dfmeta group`` run."""
+    return pair_stats(run.analysis or {}, str(run.path / "analysis.json"))
+
+
+def pair_stats(a: dict[str, Any], where: str) -> dict[str, Any]:
     """W over teacher pairs (i < j): by class overlap ``[(k, pairs, mean, sd)]``, and same against different
     architecture / dataset ``{"archs": {"same": (pairs, mean, sd), "different": ...}}`` where the zoo mixes them."""
-    a, where = run.analysis or {}, run.path / "analysis.json"
     try:
         W, ov = np.asarray(a["W"], np.float64), np.asarray(a["overlap"], np.int64)
     except (KeyError, ValueError, TypeError) as e:
