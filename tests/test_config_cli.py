@@ -106,3 +106,20 @@ def test_a_misspelt_flag_is_refused_not_guessed(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--zoo", "z", "--epoch", "3"])  # --epochs abbreviated: must not silently match
     assert e.value.code == 2 and "--epoch" in capsys.readouterr().err
+
+
+def test_every_documented_command_exists() -> None:
+    """The README's command list and the CLI agree (a command module losing its COMMANDS is caught here)."""
+    from pathlib import Path
+
+    from dfmeta.cli import discover
+    names = {c.name for c in discover()}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```", 2)[1]
+    documented = set()
+    for line in block.splitlines():
+        words = line.split()
+        if words and words[0] == "dfmeta":
+            two = " ".join(words[1:3])
+            documented.add(two if two in names else words[1])
+    assert documented == names

@@ -150,3 +150,7 @@ def summarise_dissimilarity(a: dict) -> list[str]:
     lines += [f"  {key[:-1]}: same {c['same'][1]:.4f}, different {c['different'][1]:.4f} (mean W)"
               for key, c in s["pairs"].items()]
     return ["W against class overlap (Fig. 4):"] + lines
+
+
+COMMANDS = [Command("group", "Group a zoo's teachers by task dissimilarity (TGR Eq. 5-7); writes groups.json, W.png.",
+                    GroupCommandConfig, run_group)]
