@@ -70,3 +70,13 @@ def test_bad_input(zoo, tmp_path) -> None:
         run_igr_vs_erm(_cfg(zoo, tmp_path, teachers_per_epoch=9))
     with pytest.raises(DfmetaError, match="cosine needs 2"):
         _cfg(zoo, tmp_path, teachers_per_epoch=1)
+
+
+def test_group_command_writes_fig4_data(zoo, tmp_path, capsys) -> None:
+    from dfmeta.cli import main
+    assert main(["group", "--zoo", str(zoo), "--steps", "2", "--per-class", "2", "--nf", "8", "--groups", "2",
+                 "--fisher-samples", "4", "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
+    (run,) = tmp_path.iterdir()
+    a = json.loads((run / "analysis.json").read_text())
+    assert a["analysis"] == "dissimilarity" and len(a["W"]) == 4 and a["overlap"][0][0] == 5
+    assert (run / "W.png").exists() and "W against class overlap" in capsys.readouterr().out
