@@ -123,3 +123,17 @@ def test_mixed_architecture_zoo_and_zoo_size(tmp_path):
     assert sub["epochs_run"] == 1 and len(rows[0]["teachers"]) == 2
     with pytest.raises(DfmetaError, match="zoo_size"):
         train(tiny(tmp_path / "zoo", tmp_path / "bad", zoo_size=9))
+
+
+def test_groups_from_a_group_run(zoo, tmp_path):
+    from dfmeta.cli import main
+    assert main(["group", "--zoo", str(zoo), "--steps", "2", "--per-class", "2", "--nf", "8", "--groups", "2",
+                 "--fisher-samples", "2", "--out-dir", str(tmp_path / "g"), "--device", "cpu"]) == 0
+    (grun,) = (tmp_path / "g").iterdir()
+    labels = json.loads((grun / "groups.json").read_text())["labels"]
+    train(tiny(zoo, tmp_path / "t", epochs=1, groups_from=str(grun)))
+    assert json.loads((run_dir(tmp_path / "t") / "groups.json").read_text())["labels"] == labels
+    with pytest.raises(DfmetaError, match="into 2 groups, this run asks for dissimilarity into 3"):
+        train(tiny(zoo, tmp_path / "bad", groups=3, groups_from=str(grun)))
+    with pytest.raises(DfmetaError, match="not found"):
+        train(tiny(zoo, tmp_path / "bad2", groups_from=str(tmp_path)))

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +42,9 @@ class TrainConfig(MetaTrainConfig):
     """c: number of task groups."""
     small_groups: Literal["error", "merge"] = "error"
     """A group with fewer than m teachers: stop with an error, or merge it into the largest group."""
+    groups_from: str = ""
+    """Take the task groups from this `dfmeta group` run directory (its groups.json: same teachers, mode and c)
+    instead of computing them (group once, train many runs)."""
     probe_weights: str = ""
     """ImageNet ResNet-34 weights (torchvision format) for the Fisher probe; empty: the data-free fallback."""
     fisher_samples: int = 0
@@ -138,6 +143,8 @@ class Trainer(MetaTrainer):
         if path.exists():
             with np.load(path) as z:
                 return z["labels"]
+        if cfg.groups_from:
+            return self.groups_of_run(cfg.groups_from)
         from dfmeta.grouping import GroupingConfig, group_teachers
         from dfmeta.recover import recover_tasks, teachers_per_batch
         t0 = time.perf_counter()
@@ -161,6 +168,29 @@ class Trainer(MetaTrainer):
                                             "teacher_ids": [t.id for t in self.zoo.teachers],
                                             "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float))}})
         print(f"  grouping: {cfg.groups} groups of sizes {sizes} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        return labels
+
+    def groups_of_run(self, run_dir: str) -> np.ndarray:
+        """The labels of a `dfmeta group` run, checked against this run's zoo and settings, cached here."""
+        cfg, path = self.cfg, Path(run_dir) / "groups.json"
+        if not path.is_file():
+            raise DfmetaError(f"field 'groups_from': {path} not found (a `dfmeta group` run directory expected)")
+        g = json.loads(path.read_text())
+        ids = [t.id for t in self.zoo.teachers]
+        if g.get("teacher_ids") != ids:
+            raise DfmetaError(f"{path}: grouped teachers {len(g.get('teacher_ids') or [])} differ from this run's "
+                              f"{len(ids)} (another zoo, or --zoo-size)")
+        if g.get("mode") != cfg.grouping or g.get("groups") != cfg.groups:
+            raise DfmetaError(f"{path}: {g.get('mode')} grouping into {g.get('groups')} groups, this run asks for "
+                              f"{cfg.grouping} into {cfg.groups} (--grouping, --groups)")
+        labels = np.asarray(g["labels"], np.int64)
+        buf = io.BytesIO()
+        np.savez(buf, labels=labels)
+        atomic_write(self.run.path / "groups.npz", buf.getvalue())
+        self.run.write_json("groups.json", {"labels": labels.tolist(), "teacher_ids": ids,
+                                            "sizes": np.bincount(labels, minlength=cfg.groups).tolist(),
+                                            "from": str(path)})
+        print(f"  grouping: taken from {path}", flush=True)
         return labels
 
     def usable_groups(self, labels: np.ndarray) -> np.ndarray:
