@@ -107,7 +107,7 @@ def test_zoo_merge_renumbers_and_keeps_each_teacher(tmp_path) -> None:
         merge_zoos([str(a), str(tmp_path / "c")], tmp_path / "ac")
 
 
-def test_multi_domain_training_reports_each_domain(tmp_path) -> None:
+def test_multi_domain_training_reports_each_domain(tmp_path, capsys) -> None:
     merge_zoos([str(make_zoo(tmp_path / "a", n=3)), str(_grey_zoo(tmp_path / "b", n=3))], tmp_path / "ab")
     cfg = make(TrainConfig, dict(dataset="embedded+grey-test", image_size=16, zoo=str(tmp_path / "ab"),
                                  out_dir=str(tmp_path / "runs"), device="cpu", epochs=2, val_every=2,
@@ -115,6 +115,7 @@ def test_multi_domain_training_reports_each_domain(tmp_path) -> None:
                                  val_episodes=4, episodes=6, shots=(1,), meta_batch=2, replay_max_batches=1,
                                  replay_queries=1, eval_steps=1))
     res = train(cfg)
+    assert "warning" not in capsys.readouterr().out
     test = res["test"]["1"]
     assert test["episodes"] == 6 and set(test["domains"]) == {"embedded/test", "grey/test"}
     assert [d["episodes"] for d in test["domains"].values()] == [3, 3]
@@ -131,3 +132,12 @@ def test_zoo_build_makes_colour_teachers_of_a_grey_dataset(tmp_path) -> None:
     assert (t.in_channels, t.image_size, t.std) == (3, 16, (0.2,) * 3)
     assert main(args) == 2  # resuming with other channels is refused
     assert main(["zoo", "build", "--dataset", "embedded+grey-test", "--zoo", str(tmp_path / "y")]) == 2
+
+
+def test_a_zoo_missing_a_domain_is_announced(tmp_path, capsys) -> None:
+    cfg = make(TrainConfig, dict(dataset="embedded+grey-test", image_size=16, zoo=str(make_zoo(tmp_path / "a", n=3)),
+                                 out_dir=str(tmp_path / "runs"), device="cpu", epochs=1, grouping="off",
+                                 teachers_per_epoch=2, rec_steps=1, rec_per_class=2, rec_nf=8, val_episodes=2,
+                                 episodes=2, shots=(1,), replay=False, eval_steps=1))
+    train(cfg)
+    assert "warning: no teacher of the zoo comes from grey-test" in capsys.readouterr().out

@@ -28,7 +28,7 @@ import torch
 
 from dfmeta.commands.common import DataConfig, EvalFields
 from dfmeta.config import make, require, to_dict
-from dfmeta.data.domains import load_domains
+from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
@@ -102,6 +102,10 @@ class MetaTrainer:
             self.zoo.teachers = [self.zoo.teachers[i] for i in sorted(keep.tolist())]
         self._check_zoo()
         self.check()
+        missing = sorted(set(dataset_names(cfg.dataset)) - {t.dataset for t in self.zoo.teachers})
+        if len(dataset_names(cfg.dataset)) > 1 and missing:
+            print(f"warning: no teacher of the zoo comes from {', '.join(missing)} (the multi-domain scenario "
+                  f"expects teachers of every dataset in {cfg.dataset!r}; `dfmeta zoo merge` joins zoos)", flush=True)
         size = cfg.image_size or None
         self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size, self.channels)
         for s in self.val_splits:
