@@ -1,15 +1,22 @@
-"""Benchmark: task recovery of m Conv4 teachers (150 images each), batched (one vmapped computation) vs one by one;
-and the Fisher embedding of the recovered tasks (grouping probe).
+"""Benchmark: task recovery of m Conv4 teachers (150 images each, 200 generator steps: one TGR epoch's recovery) per
+speed variant, against the plain float32 reference; then the tasks of several epochs recovered together; optionally
+one teacher at a time and the Fisher embedding of the recovered tasks (grouping probe).
 
-    python benchmarks/bench_recover.py [--device cuda] [--teachers 4] [--steps 10] [--size 32] [--threads 2]
-                                       [--fisher conv4 resnet34]
+    python benchmarks/bench_recover.py [--device cuda] [--teachers 4] [--steps 200] [--variants all]
+                                       [--prefetch 1 4 8 16] [--json best.json] [--one-by-one] [--fisher conv4]
 
-Prints a table: mode, teachers, images per teacher, steps, seconds, ms per step, ms per teacher-step.
+Variants: precision (fp32 / bf16 autocast) x step execution (eager / CUDA graph) x teacher batching (vmap / loop);
+CUDA-graph variants need CUDA. Columns: seconds for the whole recovery (setup, all steps, final logits), ms per step,
+ms per teacher-step, and the gap to the reference: relative difference of the mean best recovery loss and the largest
+pixel difference of the recovered images (float-order effects grow over 200 Adam steps; the loss gap is the
+meaningful one). ``--json`` writes the fastest variant and prefetch (for `dfmeta train --rec-amp/--rec-graph/
+--rec-batching/--rec-prefetch`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -18,6 +25,16 @@ from dfmeta.grouping import GroupingConfig, fisher_embeddings, load_probe
 from dfmeta.nets import build
 from dfmeta.recover import RecoveryConfig, recover_tasks
 from dfmeta.zoo.format import Teacher
+
+VARIANTS = {  # name: (amp, graph, batching)
+    "fp32 eager vmap (reference)": ("off", "off", "vmap"),
+    "fp32 graph vmap": ("off", "on", "vmap"),
+    "bf16 eager vmap": ("bf16", "off", "vmap"),
+    "bf16 graph vmap": ("bf16", "on", "vmap"),
+    "fp32 graph loop": ("off", "on", "loop"),
+    "bf16 eager loop": ("bf16", "off", "loop"),
+    "bf16 graph loop": ("bf16", "on", "loop"),
+}
 
 
 def conv4_teacher(i: int, size: int, n_cls: int = 5) -> Teacher:
@@ -41,39 +58,117 @@ def timed(fn, dev: torch.device) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
+def gap(tasks, ref) -> tuple[float, float]:
+    """(relative difference of the mean best loss, largest pixel difference) of ``tasks`` against ``ref``."""
+    la = sum(t.loss for t in tasks) / len(tasks)
+    lr = sum(t.loss for t in ref) / len(ref)
+    px = max(float((a.images - b.images).abs().max()) for a, b in zip(tasks, ref))
+    return abs(la - lr) / abs(lr), px
+
+
+def profile(teachers: list[Teacher], idx: list[int], cfg: RecoveryConfig, dev: torch.device) -> None:
+    """torch.profiler over one recovery; prints the top operators by self device time."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with prof(activities=acts) as p:
+        recover_tasks(teachers, idx, cfg, dev, 0)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    print(f"\n## Profile: {len(idx)} teachers, {cfg.steps} steps, amp {cfg.amp}, graph {cfg.graph}, "
+          f"{cfg.batching}\n")
+    print(p.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--teachers", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--teachers", type=int, default=4, help="m, teachers per epoch")
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--per-class", type=int, default=30)
+    ap.add_argument("--nf", type=int, default=64)
+    ap.add_argument("--variants", nargs="+", default=["all"], help="variant names (see VARIANTS) or all")
+    ap.add_argument("--prefetch", type=int, nargs="*", default=[1, 4, 8, 16],
+                    help="epochs recovered together, timed with the fastest variant")
+    ap.add_argument("--json", default="", help="write the fastest variant and prefetch here")
+    ap.add_argument("--one-by-one", action="store_true", help="also time the teachers one after another")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--fisher", nargs="*", default=["conv4"], help="probe architectures to time (random weights)")
+    ap.add_argument("--fisher", nargs="*", default=[], help="probe architectures to time (random weights)")
+    ap.add_argument("--profile", type=int, default=0, help="profile this many steps of the fastest variant and print "
+                    "the operators taking the most device (or CPU) time")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
-    teachers = [conv4_teacher(i, a.size) for i in range(a.teachers)]
-    idx = list(range(a.teachers))
-    cfg = RecoveryConfig(steps=a.steps, per_class=a.per_class)
-    n = 5 * a.per_class
-    recover_tasks(teachers, idx[:1], RecoveryConfig(steps=1, per_class=a.per_class), dev, 0)  # warm-up
-    print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, image size {a.size}")
-    print("| mode | teachers | images/teacher | steps | seconds | ms/step | ms/teacher-step |")
-    print("|---|---|---|---|---|---|---|")
-    rows = {}
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    rows["batched"], tasks = timed(lambda: recover_tasks(teachers, idx, cfg, dev, 0), dev)
-    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-    rows["one by one"], _ = timed(lambda: [recover_tasks(teachers, [i], cfg, dev, 0) for i in idx], dev)
-    for mode, sec in rows.items():
-        print(f"| {mode} | {a.teachers} | {n} | {a.steps} | {sec:.2f} | {sec / a.steps * 1e3:.1f} | "
-              f"{sec / a.steps / a.teachers * 1e3:.1f} |")
-    print(f"batched speed-up: {rows['one by one'] / rows['batched']:.2f}x; peak GPU memory (batched): {peak:.2f} GiB")
+        torch.backends.cudnn.benchmark = True  # as dfmeta's trainers set it on CUDA
+    m = a.teachers
+    teachers = [conv4_teacher(i, a.size) for i in range(m * max(a.prefetch or [1]))]
+    base = RecoveryConfig(steps=a.steps, per_class=a.per_class, nf=a.nf)
+    names = list(VARIANTS) if a.variants == ["all"] else a.variants
+    n = 5 * a.per_class
+    print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, image size {a.size}, nf {a.nf}")
+    print(f"\n## One epoch's recovery: {m} teachers x {n} images, {a.steps} steps\n")
+    print("| variant | seconds | ms/step | ms/teacher-step | loss gap | max pixel gap |")
+    print("|---|---|---|---|---|---|")
+    idx, results, ref = list(range(m)), {}, None
+    for name in names:
+        amp, graph, batching = VARIANTS[name]
+        if graph == "on" and dev.type != "cuda":
+            print(f"| {name} | needs CUDA | | | | |")
+            continue
+        cfg = RecoveryConfig(**{**base.__dict__, "amp": amp, "graph": graph, "batching": batching})
+        try:
+            recover_tasks(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": 5}), dev, 1)  # warm-up
+            sec, tasks = timed(lambda: recover_tasks(teachers, idx, cfg, dev, 0), dev)
+        except Exception as e:  # noqa: BLE001 - a benchmark reports a failing variant and goes on
+            print(f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} | | | | |")
+            continue
+        ref = tasks if ref is None else ref
+        lg, px = gap(tasks, ref)
+        results[name] = sec
+        print(f"| {name} | {sec:.2f} | {sec / a.steps * 1e3:.1f} | {sec / a.steps / m * 1e3:.2f} | {lg:.1e} | "
+              f"{px:.1e} |", flush=True)
+    if not results:
+        return
+    fastest = min(results, key=results.get)
+    amp, graph, batching = VARIANTS[fastest]
+    cfg = RecoveryConfig(**{**base.__dict__, "amp": amp, "graph": graph, "batching": batching})
+    print(f"\nfastest: {fastest}, {results['fp32 eager vmap (reference)'] / results[fastest]:.1f}x the reference"
+          if "fp32 eager vmap (reference)" in results else f"\nfastest: {fastest}")
+    best_p, per_epoch = 1, results[fastest]
+    if a.prefetch:
+        print(f"\n## Several epochs recovered together ({fastest}): recovery time per epoch\n")
+        print("| epochs together | teachers | seconds | seconds per epoch | peak GPU GiB |")
+        print("|---|---|---|---|---|")
+        for p in a.prefetch:
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            ids = list(range(m * p))
+            try:
+                recover_tasks(teachers, ids, RecoveryConfig(**{**cfg.__dict__, "steps": 5}), dev, 1)
+                sec, _ = timed(lambda: recover_tasks(teachers, ids, cfg, dev, 0), dev)
+            except Exception as e:  # noqa: BLE001
+                print(f"| {p} | {m * p} | failed: {type(e).__name__} | | |")
+                continue
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+            print(f"| {p} | {m * p} | {sec:.2f} | {sec / p:.3f} | {peak:.1f} |", flush=True)
+            if sec / p < per_epoch:
+                best_p, per_epoch = p, sec / p
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"amp": amp, "graph": graph, "batching": batching, "prefetch": best_p,
+                       "recovery_s_per_epoch": per_epoch, "variants_s": results}, f, indent=1)
+    if a.profile:
+        profile(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": a.profile}), dev)
+    if a.one_by_one:
+        sec, _ = timed(lambda: [recover_tasks(teachers, [i], cfg, dev, 0) for i in idx], dev)
+        print(f"\none at a time ({fastest}): {sec:.2f} s for {m} teachers; batched is {sec / results[fastest]:.2f}x "
+              f"faster")
     for arch in a.fisher:
+        tasks = recover_tasks(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": 2}), dev, 0)
         probe, _ = load_probe(GroupingConfig(fallback_probe=arch), dev, a.size)
         fisher_embeddings(tasks[:1], probe, dev)  # warm-up
         sec, _ = timed(lambda: fisher_embeddings(tasks, probe, dev), dev)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -53,6 +53,14 @@ class RecoveryConfig:
     """Weight of the BatchNorm-statistics term of the recovery loss."""
     augment: bool = True
     """Random crop (pad 4) and horizontal flip between generator and teacher."""
+    amp: Literal["auto", "off", "bf16"] = "auto"
+    """Mixed precision of the generator and teacher passes: bf16 autocast (parameters, Adam and losses stay float32),
+    off (float32), auto (bf16 on CUDA, off elsewhere)."""
+    graph: Literal["auto", "off", "on"] = "auto"
+    """Capture one generator step as a CUDA graph and replay it (no per-step launch overhead): auto (on CUDA),
+    on, off. Needs CUDA; ignored elsewhere and with an extra loss."""
+    batching: Literal["vmap", "loop"] = "vmap"
+    """How teachers are batched in a step: vmap (grouped convolutions) or loop (one plain pass per teacher)."""
 
     def validate(self) -> None:
         for name in ("steps", "per_class", "nz", "nf"):
@@ -62,9 +70,29 @@ class RecoveryConfig:
             raise DfmetaError(f"field 'lr': must be positive, got {self.lr}")
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
+        for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),
+                              ("batching", ("vmap", "loop"))):
+            if getattr(self, name) not in allowed:
+                raise DfmetaError(f"field {name!r}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def __post_init__(self) -> None:
         self.validate()
+
+
+@dataclass(frozen=True)
+class FastRecoveryFields:
+    """Speed settings of task recovery for a run's config (the same tasks up to float rounding; see RecoveryConfig)."""
+
+    rec_amp: Literal["auto", "off", "bf16"] = "auto"
+    """Recovery precision: bf16 autocast of the generator and teacher passes, off (float32), auto (bf16 on CUDA)."""
+    rec_graph: Literal["auto", "off", "on"] = "auto"
+    """Replay each recovery step as a captured CUDA graph: auto (on CUDA), on, off."""
+    rec_batching: Literal["vmap", "loop"] = "vmap"
+    """Teachers in a recovery step: vmap (grouped convolutions) or loop (one plain pass per teacher)."""
+
+    def fast_recovery(self) -> dict[str, str]:
+        """The RecoveryConfig fields these settings give."""
+        return {"amp": self.rec_amp, "graph": self.rec_graph, "batching": self.rec_batching}
 
 
 @dataclass
@@ -96,7 +124,7 @@ class BNStatLoss:
         self.handles: list = []
 
     def _hook(self, bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        x = inputs[0]
+        x = inputs[0].float()  # statistics in float32 under autocast too
         mu = x.mean((0, 2, 3))
         var = x.var((0, 2, 3), unbiased=False)
         self.terms.append(torch.linalg.vector_norm(mu - bn.running_mean)
@@ -163,14 +191,17 @@ PAD = 4  # random-crop padding (authors' code)
 
 
 def augment(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, pad: int = PAD) -> Tensor:
-    """Per-image random crop (zero padding ``pad``) at offsets ``dy``, ``dx``, then horizontal flip; x: [B, C, H, W]."""
-    b, _, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
+    """Per-image random crop (zero padding ``pad``) at offsets ``dy``, ``dx``, then horizontal flip; x: [B, C, H, W].
+
+    One ``gather`` over the padded images (its backward a scatter-add): no host synchronisation, CUDA-graph safe."""
+    b, c, h, w = x.shape
+    wp = w + 2 * pad
+    xp = F.pad(x, (pad, pad, pad, pad)).flatten(2)
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = dx[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
-    out = xp[torch.arange(b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2)
+    idx = (rows[:, :, None] * wp + cols[:, None, :]).flatten(1)
+    return xp.gather(2, idx[:, None, :].expand(b, c, h * w)).view(b, c, h, w)
 
 
 def teacher_rng(seed: int, index: int) -> torch.Generator:
@@ -199,42 +230,79 @@ def _group_key(t: Teacher) -> tuple:
 
 
 def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
-                  seed: int, chunk: int = 0, on_step: Callable[[int], None] | None = None,
+                  seed: int | Sequence[int], chunk: int = 0, on_step: Callable[[int], None] | None = None,
                   extra: ExtraLoss | None = None) -> list[RecoveredTask]:
     """Recover one task for each ``teachers[i]``, ``i`` in ``indices`` (results in that order).
 
-    Same-architecture teachers are recovered together in batches of at most ``chunk`` (0: all at once);
-    ``on_step(k)`` is called after each batched step with ``k`` the number of teachers in that batch.
+    ``seed``: one seed for all, or one per index (the same teacher may then appear twice, e.g. the tasks of several
+    epochs recovered together). Same-architecture teachers are recovered together in batches of at most ``chunk``
+    (0: all at once); ``on_step(k)`` is called after each batched step with ``k`` the number of teachers in that batch.
     ``extra(part, logits, x)``: a further loss per teacher, added to L_G (and to the best-batch choice), from the
     teacher indices ``part`` of the batch, their logits ``[k, n, N]`` and normalised (augmented) inputs
     ``[k, n, C, H, W]``; returns ``[k]`` (e.g. BiDf-MKD's boundary term).
     """
     device = torch.device(device)
+    seeds = [seed] * len(indices) if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != len(indices):
+        raise DfmetaError(f"recover_tasks: {len(seeds)} seeds for {len(indices)} teachers")
     for i in indices:
         if not 0 <= i < len(teachers):
             raise DfmetaError(f"teacher index {i} out of range (the zoo has {len(teachers)} models)")
-    groups: dict[tuple, list[int]] = {}
-    for i in indices:
-        groups.setdefault(_group_key(teachers[i]), []).append(i)
+    groups: dict[tuple, list[int]] = {}  # positions in indices, by architecture
+    for pos, i in enumerate(indices):
+        groups.setdefault(_group_key(teachers[i]), []).append(pos)
     done: dict[int, RecoveredTask] = {}
     for members in groups.values():
         step = chunk if chunk > 0 else len(members)
         for lo in range(0, len(members), step):
             part = members[lo:lo + step]
-            for i, task in zip(part, _recover_batch([teachers[i] for i in part], part, cfg, device, seed, on_step,
-                                                    extra)):
-                done[i] = task
-    return [done[i] for i in indices]
+            tasks = _recover_batch([teachers[indices[p]] for p in part], [indices[p] for p in part],
+                                   [seeds[p] for p in part], cfg, device, on_step, extra)
+            done.update(zip(part, tasks))
+    return [done[p] for p in range(len(indices))]
 
 
-def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
-                   seed: int, on_step: Callable[[int], None] | None,
+def _over_teachers(fn: Callable, loop: bool) -> Callable:
+    """``fn`` mapped over the leading (teacher) axis of its tensor / dict-of-tensor arguments: ``vmap``, or a Python
+    loop of plain per-teacher calls whose outputs are stacked (same numbers, ungrouped convolutions)."""
+    if not loop:
+        return vmap(fn)
+
+    def mapped(*args):
+        k = len(next(iter(args[0].values())) if isinstance(args[0], dict) else args[0])
+        outs = [fn(*({n: v[j] for n, v in a.items()} if isinstance(a, dict) else a[j] for a in args))
+                for j in range(k)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(o) for o in zip(*outs))
+        return torch.stack(outs)
+    return mapped
+
+
+GRAPH_WARMUP = 3
+"""Eager steps before a step is captured as a CUDA graph (optimizer state, cuDNN and autocast set up)."""
+
+
+def fast_settings(cfg: RecoveryConfig, device: torch.device, extra: bool = False) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, CUDA graph on) for ``cfg`` on ``device``."""
+    cuda = torch.device(device).type == "cuda"
+    amp = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and cuda) else None
+    graph = cuda and not extra and cfg.steps > GRAPH_WARMUP and cfg.graph in ("auto", "on")
+    return amp, graph
+
+
+def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int], cfg: RecoveryConfig,
+                   device: torch.device, on_step: Callable[[int], None] | None,
                    extra: ExtraLoss | None = None) -> list[RecoveredTask]:
-    """Batched recovery of same-architecture teachers: vmap over stacked teachers and generators."""
+    """Batched recovery of same-architecture teachers: stacked teachers, generators and codes.
+
+    Every step runs the same function over fixed buffers (the step's augmentation draws are copied into them first),
+    so on CUDA it can be captured once as a graph and replayed; gradients are computed with ``autograd.grad`` and
+    copied into fixed ``.grad`` buffers, so eager and replayed steps do the same work."""
     t0 = teachers[0]
     n_cls, size, chans = t0.num_classes, t0.image_size, t0.in_channels
     n, k = n_cls * cfg.per_class, len(teachers)
-    rngs = [teacher_rng(seed, i) for i in indices]
+    rngs = [teacher_rng(s, i) for s, i in zip(seeds, indices)]
+    amp, use_graph = fast_settings(cfg, device, extra is not None)
 
     with torch.random.fork_rng(devices=[]):  # building modules must not touch the global random stream
         model = frozen_teacher(t0).to(device)
@@ -252,9 +320,12 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryCon
     gen = gen.to(device)
     gp = {kk: v.to(device).requires_grad_() for kk, v in stack_params(gparams).items()}
     z = torch.stack([torch.randn(n, cfg.nz, generator=r) for r in rngs]).to(device).requires_grad_()
-    opt = torch.optim.Adam([*gp.values(), z], lr=cfg.lr, betas=(0.5, 0.999))
+    leaves = [*gp.values(), z]
+    for p in leaves:
+        p.grad = torch.zeros_like(p)
+    opt = torch.optim.Adam(leaves, lr=cfg.lr, betas=(0.5, 0.999),
+                           **({"capturable": True, "foreach": True} if use_graph else {}))
 
-    generate = vmap(lambda p, zz: functional_call(gen, p, (zz,)))
     best_loss = torch.full((k,), math.inf, device=device)
     best = torch.zeros(k, n, chans, size, size, device=device)
     if cfg.augment:  # every step's crops and flips drawn up front (same order): one copy, no per-step sync
@@ -263,25 +334,50 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], cfg: RecoveryCon
                    torch.rand(n, generator=r) < 0.5) for r in rngs] for _ in range(cfg.steps)]
         dys, dxs, flips = (torch.stack([torch.cat(d) for d in per]).to(device)
                            for per in zip(*[list(zip(*step)) for step in draws]))
-    with torch.enable_grad(), BNStatLoss(model) as bn:
-        terms = vmap(lambda s, xx: loss_terms(model, bn, s, xx, y))
-        for step in range(cfg.steps):
-            x = generate(gp, z)
-            xa = x
-            if cfg.augment:
-                xa = augment(x.flatten(0, 1), dys[step], dxs[step], flips[step]).view_as(x)
+        aug = [dys[0].clone(), dxs[0].clone(), flips[0].clone()]  # this step's draws (fixed buffers)
+    generate = _over_teachers(lambda p, zz: functional_call(gen, p, (zz,)), cfg.batching == "loop")
+
+    def one_step(bn: BNStatLoss, terms: Callable) -> None:
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
+            x = generate(gp, z).float()
+            xa = augment(x.flatten(0, 1), *aug).view_as(x) if cfg.augment else x
             xn = (xa - mean) / std
             ce, bnl, logits = terms(tstate, xn)
-            loss = ce + cfg.bn_weight * bnl
+            loss = ce.float() + cfg.bn_weight * bnl.float()
             if extra is not None:
-                loss = loss + extra(indices, logits, xn)
-            with torch.no_grad():
-                better = loss < best_loss  # no boolean indexing: no device sync per step
-                best_loss = torch.where(better, loss, best_loss)
-                best = torch.where(better.view(k, 1, 1, 1, 1), x, best)
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
+                loss = loss + extra(indices, logits.float(), xn)
+        with torch.no_grad():
+            better = loss < best_loss  # no boolean indexing: no device sync per step
+            best_loss.copy_(torch.where(better, loss, best_loss))
+            best.copy_(torch.where(better.view(k, 1, 1, 1, 1), x, best))
+        grads = torch.autograd.grad(loss.sum(), leaves)
+        with torch.no_grad():
+            for p, g in zip(leaves, grads):
+                p.grad.copy_(g)
+        opt.step()
+
+    with torch.enable_grad(), BNStatLoss(model) as bn:
+        terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), cfg.batching == "loop")
+        graph, side = None, None
+        if use_graph:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+        for step in range(cfg.steps):
+            if cfg.augment:
+                for buf, src in zip(aug, (dys, dxs, flips)):
+                    buf.copy_(src[step])
+            if not use_graph:
+                one_step(bn, terms)
+            elif step < GRAPH_WARMUP:
+                with torch.cuda.stream(side):
+                    one_step(bn, terms)
+            else:
+                if graph is None:
+                    torch.cuda.current_stream(device).wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        one_step(bn, terms)
+                graph.replay()
             if on_step is not None:
                 on_step(k)
     with torch.no_grad():

@@ -56,13 +56,35 @@ def test_resume_after_stop_equals_uninterrupted(zoo, tmp_path):
     assert strip(rows_a) == strip(rows_b)
 
 
+def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):
+    """rec_prefetch: the tasks of 3 epochs recovered in one batched computation give the same run, also when a stop
+    and resume falls inside a prefetched window. Float32 tolerance on the logged losses (1e-4 relative); parameters
+    are not compared elementwise: Adam turns 1e-7 gradient differences of near-zero gradients into lr-sized steps."""
+    ref = train(tiny(zoo, tmp_path / "a", rec_prefetch=1))
+    ahead = train(tiny(zoo, tmp_path / "b", rec_prefetch=3))
+    stopped = train(tiny(zoo, tmp_path / "c", rec_prefetch=3, stop_after=2))
+    assert stopped == {"stopped_at": 2}
+    resumed = train(make(TrainConfig, {"resume": str(run_dir(tmp_path / "c")), "device": "cpu"}))
+    keys = ("rec_loss", "loss", "replay_loss", "val_acc")
+    rows = lambda d: [json.loads(x) for x in (run_dir(d) / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    want = rows(tmp_path / "a")
+    assert [r.get("epoch") for r in want[:4]] == [1, 2, 3, 4]
+    for other, res in ((tmp_path / "b", ahead), (tmp_path / "c", resumed)):
+        got = rows(other)
+        assert [r.get("teachers") for r in got] == [r.get("teachers") for r in want]
+        for r, w in zip(got, want):
+            for k in keys:
+                assert r.get(k) == pytest.approx(w.get(k), rel=1e-4), (r.get("epoch"), k)
+        assert res["test"]["1"]["acc"] == pytest.approx(ref["test"]["1"]["acc"], abs=1e-6)
+
+
 def test_metrics_and_honest_selection(zoo, tmp_path):
     res = train(tiny(zoo, tmp_path, epochs=2, val_every=1))
     d = run_dir(tmp_path)
     rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in rows if "epoch" in r]
     assert [r["epoch"] for r in epochs] == [1, 2]
-    for key in ("loss", "regulariser", "cosine", "t_recover", "t_igr", "t_replay", "val_acc"):
+    for key in ("loss", "regulariser", "cosine", "t_recover", "t_igr", "t_replay", "val_acc", "t_val"):
         assert key in epochs[-1]
     tests = [r for r in rows if r.get("final_test")]
     assert len(tests) == 1  # meta-test touched once, after training

@@ -35,11 +35,11 @@ from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_train
 from dfmeta.meta.loss import kd_loss, second_order_model
 from dfmeta.meta.maml import Params, adapt, replay
 from dfmeta.nets import fcall
-from dfmeta.recover import ExtraLoss, RecoveredTask, RecoveryConfig, normalise, recover_tasks
+from dfmeta.recover import ExtraLoss, FastRecoveryFields, RecoveredTask, RecoveryConfig, normalise, recover_tasks
 
 
 @dataclass(frozen=True)
-class BiDfMKDConfig(MetaTrainConfig):
+class BiDfMKDConfig(FastRecoveryFields, MetaTrainConfig):
     """A BiDf-MKD meta-training run (defaults: the authors' CIFAR-FS script, white-box, mapped onto epochs)."""
 
     teachers_per_epoch: int = 4
@@ -200,7 +200,7 @@ class BiDfMKDTrainer(MetaTrainer):
     def recovery_config(self, per_class: int) -> RecoveryConfig:
         c = self.cfg
         return RecoveryConfig(steps=c.rec_steps, lr=c.rec_lr, per_class=per_class, nf=c.rec_nf,
-                              bn_weight=c.rec_bn_weight)
+                              bn_weight=c.rec_bn_weight, **c.fast_recovery())
 
     def pick_teachers(self, epoch: int) -> list[int]:
         """m distinct teachers drawn uniformly from the zoo (seeded by the epoch)."""

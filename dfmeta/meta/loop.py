@@ -92,6 +92,8 @@ class MetaTrainer:
 
         self.cfg, self.run = cfg, run
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         seed_everything(cfg.seed)
         set_threads(cfg.threads)
         self.zoo = load_zoo(cfg.zoo)
@@ -182,8 +184,9 @@ class MetaTrainer:
 
     def validate_and_select(self, epoch: int, row: dict[str, Any]) -> None:
         """Meta-val accuracy of the current meta-model; keep it as ``best.pt`` if it is the best so far; checkpoint."""
+        t0 = time.perf_counter()
         res = self.validate()
-        row.update(val_acc=res.mean, val_ci95=res.ci95)
+        row.update(val_acc=res.mean, val_ci95=res.ci95, t_val=time.perf_counter() - t0)
         if res.mean > self.best["acc"]:
             self.best = {"acc": res.mean, "ci95": res.ci95, "epoch": epoch}
             atomic_torch_save({k: v.detach().cpu() for k, v in self.params.items()}, self.run.path / "best.pt")

@@ -26,12 +26,12 @@ import torch
 from dfmeta.config import require
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
-from dfmeta.recover import normalise
+from dfmeta.recover import FastRecoveryFields, normalise
 from dfmeta.runs import atomic_write
 
 
 @dataclass(frozen=True)
-class TrainConfig(MetaTrainConfig):
+class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """A TGR meta-training run (defaults: the paper's CIFAR-FS setting at the embedded dataset's scale)."""
 
     teachers_per_epoch: int = 4
@@ -69,6 +69,9 @@ class TrainConfig(MetaTrainConfig):
     """Generator width nf (Table 7: 64); smaller is much cheaper on a CPU."""
     rec_bn_weight: float = 1.0
     """Weight of the BatchNorm-statistics term of the recovery loss."""
+    rec_prefetch: int = 0
+    """Recover the tasks of this many epochs in one batched computation (the same tasks: an epoch's teachers and
+    seeds do not depend on training); 0: auto (8 on CUDA, 1 elsewhere)."""
     replay: bool = True
     """Cross-task replay with MAML over the memory bank."""
     bank_size: int = 20
@@ -95,6 +98,7 @@ class TrainConfig(MetaTrainConfig):
             (self.teachers_per_epoch >= 1, "teachers_per_epoch", ">= 1"),
             (self.groups >= 1, "groups", ">= 1"),
             (self.beta >= 0, "beta", ">= 0"),
+            (self.rec_prefetch >= 0, "rec_prefetch", ">= 0"),
         ])
 
 
@@ -109,6 +113,7 @@ class Trainer(MetaTrainer):
         super().__init__(cfg, run)
         self.bank = MemoryBank(cfg.bank_size)
         self.groups: np.ndarray | None = None
+        self.prefetched: dict[int, list] = {}  # epoch -> its recovered tasks (see rec_prefetch)
 
     def check(self) -> None:
         cfg, zoo = self.cfg, self.zoo
@@ -132,7 +137,7 @@ class Trainer(MetaTrainer):
         from dfmeta.recover import RecoveryConfig
         c = self.cfg
         return RecoveryConfig(steps=c.rec_steps, lr=c.rec_lr, per_class=c.rec_per_class, nf=c.rec_nf,
-                              bn_weight=c.rec_bn_weight)
+                              bn_weight=c.rec_bn_weight, **c.fast_recovery())
 
     def group(self) -> np.ndarray:
         """Task grouping (Eq. 5-7), cached in the run directory."""
@@ -242,14 +247,28 @@ class Trainer(MetaTrainer):
                       inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, first_order=cfg.first_order,
                       patience=cfg.replay_patience, max_batches=cfg.replay_max_batches)
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """Pick m teachers, recover their tasks, take the IGR step, store the tasks, replay."""
+    def epoch_tasks(self, epoch: int) -> list:
+        """The recovered tasks of ``epoch``: its m teachers, seed ``epoch_seed(seed, epoch, 0)``. With rec_prefetch
+        P > 1 the tasks of epochs epoch..epoch+P-1 are recovered together and kept until their epoch comes."""
         from dfmeta.recover import recover_tasks
         cfg = self.cfg
+        if epoch not in self.prefetched:
+            ahead = cfg.rec_prefetch or (8 if self.device.type == "cuda" else 1)
+            epochs = list(range(epoch, min(epoch + ahead, cfg.epochs + 1)))
+            picks = [self.pick_teachers(e) for e in epochs]
+            seeds = [epoch_seed(cfg.seed, e, 0) for e, p in zip(epochs, picks) for _ in p]
+            tasks = recover_tasks(self.zoo.teachers, [i for p in picks for i in p], self.recovery_config(),
+                                  self.device, seeds)
+            self.prefetched, m = {}, cfg.teachers_per_epoch
+            for j, e in enumerate(epochs):
+                self.prefetched[e] = tasks[j * m:(j + 1) * m]
+        return self.prefetched.pop(epoch)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Pick m teachers, recover their tasks, take the IGR step, store the tasks, replay."""
+        cfg = self.cfg
         t0 = time.perf_counter()
-        chosen = self.pick_teachers(epoch)
-        tasks = recover_tasks(self.zoo.teachers, chosen, self.recovery_config(), self.device,
-                              epoch_seed(cfg.seed, epoch, 0))
+        tasks = self.epoch_tasks(epoch)
         t1 = time.perf_counter()
         stats = self.meta_step(tasks)
         t2 = time.perf_counter()
@@ -259,8 +278,8 @@ class Trainer(MetaTrainer):
         if cfg.replay:
             stats.update(self.replay(epoch))
         t3 = time.perf_counter()
-        return {"teachers": [self.zoo[i].id for i in chosen], "rec_loss": float(np.mean([x.loss for x in tasks])),
-                **stats, "t_recover": t1 - t0, "t_igr": t2 - t1, "t_replay": t3 - t2}
+        return {"teachers": [self.zoo[t.teacher].id for t in tasks],
+                "rec_loss": float(np.mean([x.loss for x in tasks])), **stats, "t_recover": t1 - t0, "t_igr": t2 - t1, "t_replay": t3 - t2}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# One prepared GPU call for issue #5 (fast TGR) and the H100 zoo-build throughput (issue #3). Results under $OUT.
+#   prerequisites on the CPU machine (carried as .carry; ../shared does not travel):
+#     dfmeta data prepare --dataset cifar-fs --splits test --out .carry/data
+#     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
+#     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
+#   then: bash benchmarks/gpu_fast_tgr.sh BUDGET_SECONDS   (the whole script; default 540)
+# Steps: (1) the fast recovery paths against the reference on the GPU (pytest), (2) recovery variants and
+# several-epoch batching (bench_recover.py, picks the fastest), (3) zoo-build throughput, (4) a CIFAR-FS 1-shot TGR
+# run from the reference zoo with the fastest settings, time-limited to what the budget leaves (meta-val selection,
+# one meta-test at 1 and 5 shots), its per-stage times (epoch_times.py) and report. A failing step is reported and
+# the script goes on. DEVICE=cpu DRY=1 runs the same plumbing at toy sizes on a CPU.
+set -uo pipefail
+BUDGET=${1:-540}
+T0=$(date +%s)
+left() { echo $((BUDGET - ($(date +%s) - T0))); }
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-/tmp/out}
+RUNS=${RUNS:-/tmp/runs}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 DFMETA_DATA=${DFMETA_DATA:-.carry/data} DFMETA_CACHE=/tmp/dfmeta-cache PYTHONPATH=$PWD
+exec > >(tee "$OUT/log.txt") 2>&1
+if [ "${DRY:-0}" = 1 ]; then
+  BENCH=(--steps 3 --per-class 4 --nf 16 --prefetch 1 2)
+  ZOO=(--teachers 2 --epochs 1 --max-sequential 1)
+  TRAIN=(--rec-steps 2 --rec-per-class 2 --rec-nf 8 --val-every 2 --val-episodes 5 --episodes 5 --zoo-size 12
+         --meta-batch 2 --replay-max-batches 1 --fisher-samples 4)
+  MARGIN=${MARGIN:-30}
+else
+  BENCH=(--prefetch 1 4 8 16 --profile 20)
+  ZOO=(--teachers 8 32 100 --epochs 2)
+  TRAIN=()
+  MARGIN=${MARGIN:-75}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+
+echo "== 1. fast recovery paths against the float32 reference on this device ($(left) s left)"
+timeout 90 python -m pytest -q -p no:cacheprovider tests/test_recover.py -k "cuda or bf16 or loop or prefetch" \
+  || echo "!! step 1 failed (rc $?)"
+
+echo "== 2. recovery variants, one epoch (4 teachers x 150 images x 200 steps) ($(left) s left)"
+timeout 150 python benchmarks/bench_recover.py --device "$DEVICE" --json "$OUT/recover_best.json" "${BENCH[@]}" \
+  | tee "$OUT/bench_recover.md" || echo "!! step 2 failed"
+FLAGS=$(python - "$OUT/recover_best.json" <<'EOF' 2>/dev/null
+import json, sys
+b = json.load(open(sys.argv[1]))
+print(f"--rec-amp {b['amp']} --rec-graph {b['graph']} --rec-batching {b['batching']} --rec-prefetch {b['prefetch']}")
+EOF
+)
+echo "fastest recovery settings: ${FLAGS:-none measured, the defaults}"
+
+echo "== 2b. IGR step and one replay meta-batch ($(left) s left)"
+timeout 60 python benchmarks/bench_meta_step.py --device "$DEVICE" | tee "$OUT/bench_meta_step.md" || echo "!! step 2b failed"
+
+echo "== 3. zoo build throughput (target: 100 Conv4 teachers x 60 epochs within 2 min) ($(left) s left)"
+timeout 100 python benchmarks/bench_zoo_build.py --device "$DEVICE" "${ZOO[@]}" | tee "$OUT/bench_zoo_build.md" \
+  || echo "!! step 3 failed"
+
+LIMIT=$(($(left) - MARGIN))
+echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"
+start=$(date +%s)
+# shellcheck disable=SC2086
+timeout $((LIMIT + MARGIN - 10)) python -m dfmeta.cli train --preset cifar-fs-1shot --zoo .carry/zoo \
+  --device "$DEVICE" --out-dir "$RUNS" --time-limit "$LIMIT" --small-groups merge $FLAGS "${TRAIN[@]}" || echo "!! step 4 failed (rc $?)"
+wall=$(($(date +%s) - start))
+run=$(ls -d "$RUNS"/*/ 2>/dev/null | head -1)
+if [ -n "$run" ]; then
+  python benchmarks/epoch_times.py "$run" --wall "$wall" | tee "$OUT/epoch_times.md"
+  python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
+  tar czf "$OUT/tgr_run.tar.gz" --exclude='*.pt' -C "$RUNS" .
+fi
+echo "== done in $(($(date +%s) - T0)) s"
