@@ -358,22 +358,22 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
 
     with torch.enable_grad(), BNStatLoss(model) as bn:
         terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), cfg.batching == "loop")
-        graph, side = None, None
-        if use_graph:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
+        graph = None
+        side = torch.cuda.Stream(device) if use_graph else None
         for step in range(cfg.steps):
             if cfg.augment:
                 for buf, src in zip(aug, (dys, dxs, flips)):
                     buf.copy_(src[step])
             if not use_graph:
                 one_step(bn, terms)
-            elif step < GRAPH_WARMUP:
+            elif step < GRAPH_WARMUP:  # eager warm-up on a side stream (PyTorch's rule before a capture)
+                current = torch.cuda.current_stream(device)
+                side.wait_stream(current)
                 with torch.cuda.stream(side):
                     one_step(bn, terms)
+                current.wait_stream(side)
             else:
                 if graph is None:
-                    torch.cuda.current_stream(device).wait_stream(side)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph):
                         one_step(bn, terms)
