@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from dfmeta.cuda_graph import Graphed
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import params_of, stack_params
 from dfmeta.nets.generator import Generator
@@ -124,9 +125,7 @@ class BNStatLoss:
         self.handles: list = []
 
     def _hook(self, bn: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        x = inputs[0].float()  # statistics in float32 under autocast too
-        mu = x.mean((0, 2, 3))
-        var = x.var((0, 2, 3), unbiased=False)
+        var, mu = torch.var_mean(inputs[0].float(), (0, 2, 3), correction=0)  # float32 under autocast too
         self.terms.append(torch.linalg.vector_norm(mu - bn.running_mean)
                           + torch.linalg.vector_norm(var - bn.running_var))
 
@@ -152,7 +151,8 @@ class _EvalBN(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        return (x - self.running_mean[:, None, None]) * scale[:, None, None] + self.bias[:, None, None]
+        shift = self.bias - self.running_mean * scale
+        return x * scale[:, None, None].to(x.dtype) + shift[:, None, None].to(x.dtype)  # bf16 stays bf16
 
 
 def frozen_teacher(teacher: Teacher) -> nn.Module:
@@ -295,9 +295,9 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
                    extra: ExtraLoss | None = None) -> list[RecoveredTask]:
     """Batched recovery of same-architecture teachers: stacked teachers, generators and codes.
 
-    Every step runs the same function over fixed buffers (the step's augmentation draws are copied into them first),
-    so on CUDA it can be captured once as a graph and replayed; gradients are computed with ``autograd.grad`` and
-    copied into fixed ``.grad`` buffers, so eager and replayed steps do the same work."""
+    Every step is the same function of that step's augmentation draws, so on CUDA it is captured once as a graph and
+    replayed (:class:`dfmeta.cuda_graph.Graphed`); gradients are computed with ``autograd.grad`` and copied into fixed
+    ``.grad`` buffers, so eager and replayed steps do the same work."""
     t0 = teachers[0]
     n_cls, size, chans = t0.num_classes, t0.image_size, t0.in_channels
     n, k = n_cls * cfg.per_class, len(teachers)
@@ -334,10 +334,10 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
                    torch.rand(n, generator=r) < 0.5) for r in rngs] for _ in range(cfg.steps)]
         dys, dxs, flips = (torch.stack([torch.cat(d) for d in per]).to(device)
                            for per in zip(*[list(zip(*step)) for step in draws]))
-        aug = [dys[0].clone(), dxs[0].clone(), flips[0].clone()]  # this step's draws (fixed buffers)
     generate = _over_teachers(lambda p, zz: functional_call(gen, p, (zz,)), cfg.batching == "loop")
 
-    def one_step(bn: BNStatLoss, terms: Callable) -> None:
+    def one_step(*aug: Tensor) -> tuple[Tensor, ...]:
+        bn.terms.clear()
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
             x = generate(gp, z).float()
             xa = augment(x.flatten(0, 1), *aug).view_as(x) if cfg.augment else x
@@ -355,29 +355,13 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
             for p, g in zip(leaves, grads):
                 p.grad.copy_(g)
         opt.step()
+        return ()
 
     with torch.enable_grad(), BNStatLoss(model) as bn:
         terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), cfg.batching == "loop")
-        graph = None
-        side = torch.cuda.Stream(device) if use_graph else None
+        run = Graphed(one_step, device, use_graph, GRAPH_WARMUP, "recovery step")
         for step in range(cfg.steps):
-            if cfg.augment:
-                for buf, src in zip(aug, (dys, dxs, flips)):
-                    buf.copy_(src[step])
-            if not use_graph:
-                one_step(bn, terms)
-            elif step < GRAPH_WARMUP:  # eager warm-up on a side stream (PyTorch's rule before a capture)
-                current = torch.cuda.current_stream(device)
-                side.wait_stream(current)
-                with torch.cuda.stream(side):
-                    one_step(bn, terms)
-                current.wait_stream(side)
-            else:
-                if graph is None:
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        one_step(bn, terms)
-                graph.replay()
+            run(*((dys[step], dxs[step], flips[step]) if cfg.augment else ()))
             if on_step is not None:
                 on_step(k)
     with torch.no_grad():

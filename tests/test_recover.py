@@ -199,3 +199,17 @@ def test_cuda_graph_equals_eager_on_cuda():
     eager = recover_tasks(same, [0, 1], RecoveryConfig(**{**cfg.__dict__, "graph": "off"}), dev, seed=2)
     graph = recover_tasks(same, [0, 1], RecoveryConfig(**{**cfg.__dict__, "graph": "on"}), dev, seed=2)
     _close_tasks(graph, eager, atol=1e-4, rtol=1e-3)
+
+
+def test_upsample2_is_nearest_interpolation():
+    from torch.func import vmap
+
+    from dfmeta.nets.generator import upsample2
+    x = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    want = torch.stack([torch.nn.functional.interpolate(xi, scale_factor=2, mode="nearest") for xi in x])
+    got = vmap(upsample2)(x)
+    assert torch.equal(got, want)
+    w = torch.randn_like(want)
+    (g_want,) = torch.autograd.grad((want * w).sum(), x)
+    (g_got,) = torch.autograd.grad((got * w).sum(), x)
+    torch.testing.assert_close(g_got, g_want)

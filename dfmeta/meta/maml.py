@@ -11,7 +11,7 @@ the returned loss and gradients flow through the inner steps (the model then run
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -77,13 +77,31 @@ def maml_loss(model: nn.Module, params: Params, xs: Tensor, ys: Tensor, xq: Tens
     return losses.sum(), accs.mean().detach()
 
 
+MetaStep = Callable[..., Sequence[Tensor]]
+"""``step(xs, ys, xq, yq) -> (loss, accuracy, *gradients in the parameters' order)`` of one meta-batch."""
+
+
+def meta_gradients(model: nn.Module, params: Params, inner_lr: float, inner_steps: int,
+                   first_order: bool) -> MetaStep:
+    """The :data:`MetaStep` of :func:`maml_loss` at ``params`` (fixed tensors: wrap it in
+    :class:`dfmeta.cuda_graph.Graphed` to replay it as a CUDA graph)."""
+    leaves = list(params.values())
+
+    def step(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, ...]:
+        loss, acc = maml_loss(model, params, xs, ys, xq, yq, inner_lr, inner_steps, first_order)
+        return (loss.detach(), acc, *torch.autograd.grad(loss, leaves))
+    return step
+
+
 def replay(model: nn.Module, params: Params, opt: torch.optim.Optimizer, bank: "MemoryBank", seed: int, *,
            n_tasks: int, n_way: int, k_shot: int, n_query: int, inner_lr: float, inner_steps: int, first_order: bool,
-           patience: int, max_batches: int) -> dict[str, float]:
+           patience: int, max_batches: int, step: MetaStep | None = None) -> dict[str, float]:
     """Cross-task replay: MAML meta-batches of ``n_tasks`` interpolated tasks from ``bank`` (drawn with a generator
     seeded by ``seed`` on the parameters' device), one ``opt`` step each, until ``patience`` batches in a row bring no
     new best training accuracy (the authors' rule) or ``max_batches``. Stops early while the bank cannot supply
-    ``n_way`` classes. Returns replay_batches, replay_loss, replay_acc."""
+    ``n_way`` classes. ``step``: the meta-batch computation (default :func:`meta_gradients` of these settings).
+    Returns replay_batches, replay_loss, replay_acc."""
+    step = step or meta_gradients(model, params, inner_lr, inner_steps, first_order)
     generator = torch.Generator(device=next(iter(params.values())).device)
     generator.manual_seed(seed)
     best, stale, n, losses = -1.0, 0, 0, []
@@ -92,12 +110,13 @@ def replay(model: nn.Module, params: Params, opt: torch.optim.Optimizer, bank: "
             xs, ys, xq, yq = bank.sample_tasks(n_tasks, n_way, k_shot, n_query, generator)
         except DfmetaError:
             break  # not enough stored classes yet
-        loss, acc = maml_loss(model, params, xs, ys, xq, yq, inner_lr, inner_steps, first_order)
+        loss, acc, *grads = step(xs, ys, xq, yq)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for p, g in zip(params.values(), grads):
+            p.grad = g.clone()  # a graphed step's outputs are overwritten by its next replay
         opt.step()
         n += 1
-        losses.append(float(loss.detach()))
+        losses.append(float(loss))
         if float(acc) > best:
             best, stale = float(acc), 0
         else:

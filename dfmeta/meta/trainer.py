@@ -90,6 +90,8 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """MAML inner steps."""
     first_order: bool = False
     """First-order MAML."""
+    replay_graph: bool = True
+    """On CUDA, replay each MAML meta-batch as a captured CUDA graph (the same computation, no launch overhead)."""
 
     def validate(self) -> None:
         MetaTrainConfig.validate(self)
@@ -114,6 +116,7 @@ class Trainer(MetaTrainer):
         self.bank = MemoryBank(cfg.bank_size)
         self.groups: np.ndarray | None = None
         self.prefetched: dict[int, list] = {}  # epoch -> its recovered tasks (see rec_prefetch)
+        self.replay_step = None  # the MAML meta-batch step, graphed on CUDA (made once: fixed parameter tensors)
 
     def check(self) -> None:
         cfg, zoo = self.cfg, self.zoo
@@ -240,12 +243,17 @@ class Trainer(MetaTrainer):
 
     def replay(self, epoch: int) -> dict[str, float]:
         """Cross-task replay: MAML meta-batches of interpolated tasks from the memory bank."""
-        from dfmeta.meta.maml import replay
+        from dfmeta.cuda_graph import Graphed
+        from dfmeta.meta.maml import meta_gradients, replay
         cfg = self.cfg
+        if self.replay_step is None:
+            self.replay_step = Graphed(meta_gradients(self.model, self.params, cfg.inner_lr, cfg.inner_steps,
+                                                      cfg.first_order), self.device, cfg.replay_graph,
+                                       name="replay meta-batch")
         return replay(self.model, self.params, self.opt, self.bank, epoch_seed(cfg.seed, epoch, 2),
                       n_tasks=cfg.meta_batch, n_way=self.n_way, k_shot=cfg.train_shot, n_query=cfg.replay_queries,
                       inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, first_order=cfg.first_order,
-                      patience=cfg.replay_patience, max_batches=cfg.replay_max_batches)
+                      patience=cfg.replay_patience, max_batches=cfg.replay_max_batches, step=self.replay_step)
 
     def epoch_tasks(self, epoch: int) -> list:
         """The recovered tasks of ``epoch``: its m teachers, seed ``epoch_seed(seed, epoch, 0)``. With rec_prefetch
