@@ -5,12 +5,12 @@ one teacher at a time and the Fisher embedding of the recovered tasks (grouping 
     python benchmarks/bench_recover.py [--device cuda] [--teachers 4] [--steps 200] [--variants all]
                                        [--prefetch 1 4 8 16] [--json best.json] [--one-by-one] [--fisher conv4]
 
-Variants: precision (fp32 / bf16 autocast) x step execution (eager / CUDA graph) x teacher batching (vmap / loop);
-CUDA-graph variants need CUDA. Columns: seconds for the whole recovery (setup, all steps, final logits), ms per step,
+Variants: precision (fp32 / bf16 autocast) x step execution (eager / CUDA graph) x teacher batching (vmap / loop /
+grouped, the last also in channels_last memory order); CUDA-graph variants need CUDA. Columns: seconds for the whole recovery (setup, all steps, final logits), ms per step,
 ms per teacher-step, and the gap to the reference: relative difference of the mean best recovery loss and the largest
 pixel difference of the recovered images (float-order effects grow over 200 Adam steps; the loss gap is the
 meaningful one). ``--json`` writes the fastest variant and prefetch (for `dfmeta train --rec-amp/--rec-graph/
---rec-batching/--rec-prefetch`).
+--rec-batching/--rec-channels-last/--rec-prefetch`).
 """
 
 from __future__ import annotations
@@ -26,15 +26,24 @@ from dfmeta.nets import build
 from dfmeta.recover import RecoveryConfig, recover_tasks
 from dfmeta.zoo.format import Teacher
 
-VARIANTS = {  # name: (amp, graph, batching)
-    "fp32 eager vmap (reference)": ("off", "off", "vmap"),
-    "fp32 graph vmap": ("off", "on", "vmap"),
-    "bf16 eager vmap": ("bf16", "off", "vmap"),
-    "bf16 graph vmap": ("bf16", "on", "vmap"),
-    "fp32 graph loop": ("off", "on", "loop"),
-    "bf16 eager loop": ("bf16", "off", "loop"),
-    "bf16 graph loop": ("bf16", "on", "loop"),
+VARIANTS = {  # name: (amp, graph, batching, channels_last)
+    "fp32 eager vmap (reference)": ("off", "off", "vmap", "off"),
+    "fp32 graph vmap": ("off", "on", "vmap", "off"),
+    "bf16 eager vmap": ("bf16", "off", "vmap", "off"),
+    "bf16 graph vmap": ("bf16", "on", "vmap", "off"),
+    "fp32 graph loop": ("off", "on", "loop", "off"),
+    "bf16 eager loop": ("bf16", "off", "loop", "off"),
+    "bf16 graph loop": ("bf16", "on", "loop", "off"),
+    "fp32 graph grouped": ("off", "on", "grouped", "off"),
+    "bf16 eager grouped": ("bf16", "off", "grouped", "off"),
+    "bf16 graph grouped": ("bf16", "on", "grouped", "off"),
+    "bf16 graph grouped channels_last": ("bf16", "on", "grouped", "on"),
 }
+
+
+def variant(base: RecoveryConfig, name: str) -> RecoveryConfig:
+    amp, graph, batching, cl = VARIANTS[name]
+    return RecoveryConfig(**{**base.__dict__, "amp": amp, "graph": graph, "batching": batching, "channels_last": cl})
 
 
 def conv4_teacher(i: int, size: int, n_cls: int = 5) -> Teacher:
@@ -115,11 +124,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     idx, results, ref = list(range(m)), {}, None
     for name in names:
-        amp, graph, batching = VARIANTS[name]
-        if graph == "on" and dev.type != "cuda":
+        cfg = variant(base, name)
+        if cfg.graph == "on" and dev.type != "cuda":
             print(f"| {name} | needs CUDA | | | | |")
             continue
-        cfg = RecoveryConfig(**{**base.__dict__, "amp": amp, "graph": graph, "batching": batching})
         try:
             recover_tasks(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": 5}), dev, 1)  # warm-up
             sec, tasks = timed(lambda: recover_tasks(teachers, idx, cfg, dev, 0), dev)
@@ -134,8 +142,7 @@ def main() -> None:
     if not results:
         return
     fastest = min(results, key=results.get)
-    amp, graph, batching = VARIANTS[fastest]
-    cfg = RecoveryConfig(**{**base.__dict__, "amp": amp, "graph": graph, "batching": batching})
+    cfg = variant(base, fastest)
     print(f"\nfastest: {fastest}, {results['fp32 eager vmap (reference)'] / results[fastest]:.1f}x the reference"
           if "fp32 eager vmap (reference)" in results else f"\nfastest: {fastest}")
     best_p, per_epoch = 1, results[fastest]
@@ -159,7 +166,8 @@ def main() -> None:
                 best_p, per_epoch = p, sec / p
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"amp": amp, "graph": graph, "batching": batching, "prefetch": best_p,
+            json.dump({"amp": cfg.amp, "graph": cfg.graph, "batching": cfg.batching, "channels_last": cfg.channels_last,
+                   "prefetch": best_p,
                        "recovery_s_per_epoch": per_epoch, "variants_s": results}, f, indent=1)
     if a.profile:
         profile(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": a.profile}), dev)

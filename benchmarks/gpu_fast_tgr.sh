@@ -5,6 +5,7 @@
 #     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
 #     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
 #   then: bash benchmarks/gpu_fast_tgr.sh BUDGET_SECONDS   (the whole script; default 540)
+#   STEPS="1 2 2b 3 4" picks steps; VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS).
 # Steps: (1) the fast recovery paths against the reference on the GPU (pytest), (2) recovery variants and
 # several-epoch batching (bench_recover.py, picks the fastest), (3) zoo-build throughput, (4) a CIFAR-FS 1-shot TGR
 # run from the reference zoo with the fastest settings, time-limited to what the budget leaves (meta-val selection,
@@ -15,6 +16,10 @@ BUDGET=${1:-540}
 T0=$(date +%s)
 left() { echo $((BUDGET - ($(date +%s) - T0))); }
 DEVICE=${DEVICE:-cuda}
+STEPS=" ${STEPS:-1 2 2b 3 4} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+VARIANT_ARGS=(all)
+if [ -n "${VARIANTS:-}" ]; then IFS='|' read -r -a VARIANT_ARGS <<< "$VARIANTS"; fi
 OUT=${OUT:-/tmp/out}
 RUNS=${RUNS:-/tmp/runs}
 mkdir -p "$OUT" "$RUNS"
@@ -35,27 +40,37 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-echo "== 1. fast recovery paths against the float32 reference on this device ($(left) s left)"
-timeout 90 python -m pytest -q -p no:cacheprovider tests/test_recover.py -k "cuda or bf16 or loop or prefetch" \
-  || echo "!! step 1 failed (rc $?)"
+if want 1; then
+echo "== 1. fast paths against the plain reference path on this device ($(left) s left)"
+timeout 90 python -m pytest -q -p no:cacheprovider tests/test_recover.py tests/test_cuda_graph.py \
+  -k "cuda or bf16 or batching or prefetch or upsample" || echo "!! step 1 failed (rc $?)"
+fi
 
+if want 2; then
 echo "== 2. recovery variants, one epoch (4 teachers x 150 images x 200 steps) ($(left) s left)"
 timeout 150 python benchmarks/bench_recover.py --device "$DEVICE" --json "$OUT/recover_best.json" "${BENCH[@]}" \
-  | tee "$OUT/bench_recover.md" || echo "!! step 2 failed"
+  --variants "${VARIANT_ARGS[@]}" | tee "$OUT/bench_recover.md" || echo "!! step 2 failed"
+fi
 FLAGS=$(python - "$OUT/recover_best.json" <<'EOF' 2>/dev/null
 import json, sys
 b = json.load(open(sys.argv[1]))
-print(f"--rec-amp {b['amp']} --rec-graph {b['graph']} --rec-batching {b['batching']} --rec-prefetch {b['prefetch']}")
+print(f"--rec-amp {b['amp']} --rec-graph {b['graph']} --rec-batching {b['batching']} "
+      f"--rec-channels-last {b['channels_last']} --rec-prefetch {b['prefetch']}")
 EOF
 )
 echo "fastest recovery settings: ${FLAGS:-none measured, the defaults}"
 
+if want 2b; then
 echo "== 2b. IGR step and one replay meta-batch ($(left) s left)"
 timeout 60 python benchmarks/bench_meta_step.py --device "$DEVICE" | tee "$OUT/bench_meta_step.md" || echo "!! step 2b failed"
+fi
 
+if want 3; then
 echo "== 3. zoo build throughput (target: 100 Conv4 teachers x 60 epochs within 2 min) ($(left) s left)"
 timeout 100 python benchmarks/bench_zoo_build.py --device "$DEVICE" "${ZOO[@]}" | tee "$OUT/bench_zoo_build.md" \
   || echo "!! step 3 failed"
+fi
+want 4 || { echo "== done in $(($(date +%s) - T0)) s"; exit 0; }
 
 LIMIT=$(($(left) - MARGIN))
 echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Literal, Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ from torch.func import functional_call, vmap
 
 from dfmeta.cuda_graph import Graphed
 from dfmeta.errors import DfmetaError
-from dfmeta.nets import params_of, stack_params
+from dfmeta.nets import grouped, params_of, stack_params
 from dfmeta.nets.generator import Generator
 from dfmeta.zoo.format import Teacher
 
@@ -57,11 +58,15 @@ class RecoveryConfig:
     amp: Literal["auto", "off", "bf16"] = "auto"
     """Mixed precision of the generator and teacher passes: bf16 autocast (parameters, Adam and losses stay float32),
     off (float32), auto (bf16 on CUDA, off elsewhere)."""
+    channels_last: Literal["auto", "off", "on"] = "auto"
+    """channels_last memory order of the grouped batching's activations: auto (on CUDA), on, off."""
     graph: Literal["auto", "off", "on"] = "auto"
     """Capture one generator step as a CUDA graph and replay it (no per-step launch overhead): auto (on CUDA),
     on, off. Needs CUDA; ignored elsewhere and with an extra loss."""
-    batching: Literal["vmap", "loop"] = "vmap"
-    """How teachers are batched in a step: vmap (grouped convolutions) or loop (one plain pass per teacher)."""
+    batching: Literal["vmap", "loop", "grouped"] = "vmap"
+    """How teachers are batched in a step: vmap, loop (one plain pass per teacher), or grouped (one network of
+    grouped convolutions, :mod:`dfmeta.nets.grouped`; for the generator and Conv4 teachers, vmap for other
+    teachers and with an extra loss)."""
 
     def validate(self) -> None:
         for name in ("steps", "per_class", "nz", "nf"):
@@ -72,7 +77,8 @@ class RecoveryConfig:
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
         for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),
-                              ("batching", ("vmap", "loop"))):
+                              ("channels_last", ("auto", "off", "on")),
+                              ("batching", ("vmap", "loop", "grouped"))):
             if getattr(self, name) not in allowed:
                 raise DfmetaError(f"field {name!r}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
@@ -88,12 +94,16 @@ class FastRecoveryFields:
     """Recovery precision: bf16 autocast of the generator and teacher passes, off (float32), auto (bf16 on CUDA)."""
     rec_graph: Literal["auto", "off", "on"] = "auto"
     """Replay each recovery step as a captured CUDA graph: auto (on CUDA), on, off."""
-    rec_batching: Literal["vmap", "loop"] = "vmap"
-    """Teachers in a recovery step: vmap (grouped convolutions) or loop (one plain pass per teacher)."""
+    rec_channels_last: Literal["auto", "off", "on"] = "auto"
+    """channels_last activations in grouped recovery batching: auto (on CUDA), on, off."""
+    rec_batching: Literal["vmap", "loop", "grouped"] = "vmap"
+    """Teachers in a recovery step: vmap, loop (one plain pass per teacher) or grouped (one network of grouped
+    convolutions; generator and Conv4 teachers)."""
 
     def fast_recovery(self) -> dict[str, str]:
         """The RecoveryConfig fields these settings give."""
-        return {"amp": self.rec_amp, "graph": self.rec_graph, "batching": self.rec_batching}
+        return {"amp": self.rec_amp, "graph": self.rec_graph, "batching": self.rec_batching,
+                "channels_last": self.rec_channels_last}
 
 
 @dataclass
@@ -334,7 +344,12 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
                    torch.rand(n, generator=r) < 0.5) for r in rngs] for _ in range(cfg.steps)]
         dys, dxs, flips = (torch.stack([torch.cat(d) for d in per]).to(device)
                            for per in zip(*[list(zip(*step)) for step in draws]))
-    generate = _over_teachers(lambda p, zz: functional_call(gen, p, (zz,)), cfg.batching == "loop")
+    grouped_ok = cfg.batching == "grouped" and extra is None
+    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    if grouped_ok:
+        generate = partial(grouped.generate, nf=cfg.nf, init_size=gen.init_size, channels_last=cl)
+    else:
+        generate = _over_teachers(lambda p, zz: functional_call(gen, p, (zz,)), cfg.batching == "loop")
 
     def one_step(*aug: Tensor) -> tuple[Tensor, ...]:
         bn.terms.clear()
@@ -358,7 +373,10 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
         return ()
 
     with torch.enable_grad(), BNStatLoss(model) as bn:
-        terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), cfg.batching == "loop")
+        if grouped_ok and t0.arch == "conv4" and grouped.conv4_blocks(tstate):
+            terms = partial(grouped.conv4_terms, y=y, channels_last=cl)
+        else:
+            terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), cfg.batching == "loop")
         run = Graphed(one_step, device, use_graph, GRAPH_WARMUP, "recovery step")
         for step in range(cfg.steps):
             run(*((dys[step], dxs[step], flips[step]) if cfg.augment else ()))

@@ -152,13 +152,17 @@ def test_per_index_seeds_equal_separate_calls():
         recover_tasks(same, [0, 1, 0], TINY, CPU, seed=[1, 2])
 
 
-def test_loop_batching_equals_vmap():
-    """Tolerance float32: the same arithmetic, grouped (vmap) or one pass per teacher (loop)."""
+@pytest.mark.parametrize("batching,channels_last", [("loop", "off"), ("grouped", "off"), ("grouped", "on")])
+def test_batching_modes_equal_vmap(batching, channels_last, teachers):
+    """Tolerance float32: the same arithmetic, vmapped, one pass per teacher (loop), or one network of grouped
+    convolutions (grouped, in either memory order; a ResNet teacher among them runs under vmap)."""
     same = [random_teacher(0), random_teacher(3), random_teacher(4)]
     cfg = RecoveryConfig(steps=4, per_class=2, nz=8, nf=4)
-    ref = recover_tasks(same, [0, 1, 2], cfg, CPU, seed=3)
-    loop = recover_tasks(same, [0, 1, 2], RecoveryConfig(**{**cfg.__dict__, "batching": "loop"}), CPU, seed=3)
-    _close_tasks(loop, ref, atol=1e-5, rtol=1e-4)
+    fast = RecoveryConfig(**{**cfg.__dict__, "batching": batching, "channels_last": channels_last})
+    _close_tasks(recover_tasks(same, [0, 1, 2], fast, CPU, seed=3), recover_tasks(same, [0, 1, 2], cfg, CPU, seed=3),
+                 atol=1e-5, rtol=1e-4)
+    _close_tasks(recover_tasks(teachers, [1, 0], fast, CPU, seed=3), recover_tasks(teachers, [1, 0], cfg, CPU, seed=3),
+                 atol=1e-5, rtol=1e-4)
 
 
 def test_bf16_autocast_close_to_float32():
@@ -199,6 +203,14 @@ def test_cuda_graph_equals_eager_on_cuda():
     eager = recover_tasks(same, [0, 1], RecoveryConfig(**{**cfg.__dict__, "graph": "off"}), dev, seed=2)
     graph = recover_tasks(same, [0, 1], RecoveryConfig(**{**cfg.__dict__, "graph": "on"}), dev, seed=2)
     _close_tasks(graph, eager, atol=1e-4, rtol=1e-3)
+
+
+def test_grouped_upsample_keeps_channels_last():
+    from dfmeta.nets.grouped import _upsample2
+    x = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    up = _upsample2(x)
+    assert torch.equal(up, torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    assert up.is_contiguous(memory_format=torch.channels_last) and not up.is_contiguous()
 
 
 def test_upsample2_is_nearest_interpolation():

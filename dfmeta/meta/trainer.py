@@ -205,7 +205,7 @@ class Trainer(MetaTrainer):
         """Check that every group can supply m teachers (or merge small groups into the largest, if asked)."""
         m, labels = self.cfg.teachers_per_epoch, labels.copy()
         sizes = np.bincount(labels)
-        small = [g for g in np.flatnonzero(sizes) if sizes[g] < m]
+        small = [int(g) for g in np.flatnonzero(sizes) if sizes[g] < m]
         if small and self.cfg.small_groups == "error":
             raise DfmetaError(f"a task group has {sizes[small[0]]} teachers, fewer than m = {m} (group sizes "
                               f"{sizes.tolist()}); use fewer --groups, a smaller --teachers-per-epoch, or "
