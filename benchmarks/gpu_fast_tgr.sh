@@ -32,10 +32,10 @@ if [ "${DRY:-0}" = 1 ]; then
          --meta-batch 2 --replay-max-batches 1 --fisher-samples 4)
   MARGIN=${MARGIN:-30}
 else
-  BENCH=(--prefetch 1 4 8 16 --profile 20)
+  BENCH=(--prefetch ${PREFETCH:-1 4 8 16} --profile ${PROFILE:-20})
   ZOO=(--teachers 8 32 100 --epochs 2)
   TRAIN=()
-  MARGIN=${MARGIN:-75}
+  MARGIN=${MARGIN:-130}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
