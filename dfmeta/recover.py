@@ -58,15 +58,15 @@ class RecoveryConfig:
     amp: Literal["auto", "off", "bf16"] = "auto"
     """Mixed precision of the generator and teacher passes: bf16 autocast (parameters, Adam and losses stay float32),
     off (float32), auto (bf16 on CUDA, off elsewhere)."""
-    channels_last: Literal["auto", "off", "on"] = "auto"
-    """channels_last memory order of the grouped batching's activations: auto (on CUDA), on, off."""
+    channels_last: Literal["off", "on"] = "off"
+    """channels_last memory order of the grouped batching's activations (measured no faster on an H100)."""
     graph: Literal["auto", "off", "on"] = "auto"
     """Capture one generator step as a CUDA graph and replay it (no per-step launch overhead): auto (on CUDA),
     on, off. Needs CUDA; ignored elsewhere and with an extra loss."""
-    batching: Literal["vmap", "loop", "grouped"] = "vmap"
-    """How teachers are batched in a step: vmap, loop (one plain pass per teacher), or grouped (one network of
+    batching: Literal["auto", "vmap", "loop", "grouped"] = "auto"
+    """How teachers are batched in a step: vmap, loop (one plain pass per teacher), grouped (one network of
     grouped convolutions, :mod:`dfmeta.nets.grouped`; for the generator and Conv4 teachers, vmap for other
-    teachers and with an extra loss)."""
+    teachers and with an extra loss), auto (grouped on CUDA, vmap elsewhere)."""
 
     def validate(self) -> None:
         for name in ("steps", "per_class", "nz", "nf"):
@@ -77,8 +77,8 @@ class RecoveryConfig:
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
         for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),
-                              ("channels_last", ("auto", "off", "on")),
-                              ("batching", ("vmap", "loop", "grouped"))):
+                              ("channels_last", ("off", "on")),
+                              ("batching", ("auto", "vmap", "loop", "grouped"))):
             if getattr(self, name) not in allowed:
                 raise DfmetaError(f"field {name!r}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
@@ -94,11 +94,11 @@ class FastRecoveryFields:
     """Recovery precision: bf16 autocast of the generator and teacher passes, off (float32), auto (bf16 on CUDA)."""
     rec_graph: Literal["auto", "off", "on"] = "auto"
     """Replay each recovery step as a captured CUDA graph: auto (on CUDA), on, off."""
-    rec_channels_last: Literal["auto", "off", "on"] = "auto"
-    """channels_last activations in grouped recovery batching: auto (on CUDA), on, off."""
-    rec_batching: Literal["vmap", "loop", "grouped"] = "vmap"
-    """Teachers in a recovery step: vmap, loop (one plain pass per teacher) or grouped (one network of grouped
-    convolutions; generator and Conv4 teachers)."""
+    rec_channels_last: Literal["off", "on"] = "off"
+    """channels_last activations in grouped recovery batching."""
+    rec_batching: Literal["auto", "vmap", "loop", "grouped"] = "auto"
+    """Teachers in a recovery step: vmap, loop (one plain pass per teacher), grouped (one network of grouped
+    convolutions; generator and Conv4 teachers), auto (grouped on CUDA, vmap elsewhere)."""
 
     def fast_recovery(self) -> dict[str, str]:
         """The RecoveryConfig fields these settings give."""
@@ -292,12 +292,16 @@ GRAPH_WARMUP = 3
 """Eager steps before a step is captured as a CUDA graph (optimizer state, cuDNN and autocast set up)."""
 
 
-def fast_settings(cfg: RecoveryConfig, device: torch.device, extra: bool = False) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, CUDA graph on) for ``cfg`` on ``device``."""
+def fast_settings(cfg: RecoveryConfig, device: torch.device,
+                  extra: bool = False) -> tuple[torch.dtype | None, bool, str]:
+    """(autocast dtype or None, CUDA graph on, teacher batching) for ``cfg`` on ``device``: the measured fastest on
+    an H100 (bf16, graph, grouped; docs/results/h100-2026-11-27.md) is the CUDA default, the CPU default is the plain
+    float32 vmap path that every fast path is tested against."""
     cuda = torch.device(device).type == "cuda"
     amp = torch.bfloat16 if cfg.amp == "bf16" or (cfg.amp == "auto" and cuda) else None
     graph = cuda and not extra and cfg.steps > GRAPH_WARMUP and cfg.graph in ("auto", "on")
-    return amp, graph
+    batching = cfg.batching if cfg.batching != "auto" else ("grouped" if cuda else "vmap")
+    return amp, graph, batching
 
 
 def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int], cfg: RecoveryConfig,
@@ -312,7 +316,7 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
     n_cls, size, chans = t0.num_classes, t0.image_size, t0.in_channels
     n, k = n_cls * cfg.per_class, len(teachers)
     rngs = [teacher_rng(s, i) for s, i in zip(seeds, indices)]
-    amp, use_graph = fast_settings(cfg, device, extra is not None)
+    amp, use_graph, batching = fast_settings(cfg, device, extra is not None)
 
     with torch.random.fork_rng(devices=[]):  # building modules must not touch the global random stream
         model = frozen_teacher(t0).to(device)
@@ -344,12 +348,12 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
                    torch.rand(n, generator=r) < 0.5) for r in rngs] for _ in range(cfg.steps)]
         dys, dxs, flips = (torch.stack([torch.cat(d) for d in per]).to(device)
                            for per in zip(*[list(zip(*step)) for step in draws]))
-    grouped_ok = cfg.batching == "grouped" and extra is None
-    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    grouped_ok = batching == "grouped" and extra is None
+    cl = cfg.channels_last == "on"
     if grouped_ok:
         generate = partial(grouped.generate, nf=cfg.nf, init_size=gen.init_size, channels_last=cl)
     else:
-        generate = _over_teachers(lambda p, zz: functional_call(gen, p, (zz,)), cfg.batching == "loop")
+        generate = _over_teachers(lambda p, zz: functional_call(gen, p, (zz,)), batching == "loop")
 
     def one_step(*aug: Tensor) -> tuple[Tensor, ...]:
         bn.terms.clear()
@@ -376,7 +380,7 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
         if grouped_ok and t0.arch == "conv4" and grouped.conv4_blocks(tstate):
             terms = partial(grouped.conv4_terms, y=y, channels_last=cl)
         else:
-            terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), cfg.batching == "loop")
+            terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), batching == "loop")
         run = Graphed(one_step, device, use_graph, GRAPH_WARMUP, "recovery step")
         for step in range(cfg.steps):
             run(*((dys[step], dxs[step], flips[step]) if cfg.augment else ()))

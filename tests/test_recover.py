@@ -184,11 +184,12 @@ def test_bf16_autocast_close_to_float32():
 
 def test_fast_settings_defaults():
     from dfmeta.recover import fast_settings
-    cfg = RecoveryConfig(steps=10)
-    assert fast_settings(cfg, CPU) == (None, False)  # the CPU path is the plain float32 reference
-    assert fast_settings(cfg, torch.device("cuda")) == (torch.bfloat16, True)
-    assert fast_settings(cfg, torch.device("cuda"), extra=True) == (torch.bfloat16, False)
-    assert fast_settings(RecoveryConfig(steps=10, amp="off", graph="off"), torch.device("cuda")) == (None, False)
+    cfg, gpu = RecoveryConfig(steps=10), torch.device("cuda")
+    assert fast_settings(cfg, CPU) == (None, False, "vmap")  # the CPU path is the plain float32 reference
+    assert fast_settings(cfg, gpu) == (torch.bfloat16, True, "grouped")
+    assert fast_settings(cfg, gpu, extra=True) == (torch.bfloat16, False, "grouped")
+    plain = RecoveryConfig(steps=10, amp="off", graph="off", batching="vmap")
+    assert fast_settings(plain, gpu) == (None, False, "vmap")
     with pytest.raises(DfmetaError, match="field 'amp'"):
         RecoveryConfig(amp="fp16")
 
