@@ -6,6 +6,9 @@
 #     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
 #   then: bash benchmarks/gpu_fast_tgr.sh BUDGET_SECONDS   (the whole script; default 540)
 #   STEPS="1 2 2b 3 4" picks steps; VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS).
+#   RESUME=path/to/run_dir (carried) continues that run in step 4 instead of starting one. The run directory comes
+#   back whole, checkpoint included, as $OUT/tgr_run.tar.gz.part-aa, -ab, ... (15 MiB pieces, the size limit of a
+#   returned file): `cat tgr_run.tar.gz.part-* | tar xz` restores it for a later RESUME.
 # Steps: (1) the fast recovery paths against the reference on the GPU (pytest), (2) recovery variants and
 # several-epoch batching (bench_recover.py, picks the fastest), (3) zoo-build throughput, (4) a CIFAR-FS 1-shot TGR
 # run from the reference zoo with the fastest settings, time-limited to what the budget leaves (meta-val selection,
@@ -73,16 +76,22 @@ fi
 want 4 || { echo "== done in $(($(date +%s) - T0)) s"; exit 0; }
 
 LIMIT=$(($(left) - MARGIN))
-echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"
+if [ -n "${RESUME:-}" ]; then
+  echo "== 4. TGR, resuming $RESUME for $LIMIT s of meta-training"
+  cp -r "$RESUME" "$RUNS/" && cmd=(--resume "$RUNS/$(basename "$RESUME")")
+else
+  echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"
+  cmd=(--preset cifar-fs-1shot --zoo .carry/zoo --out-dir "$RUNS" --small-groups merge $FLAGS "${TRAIN[@]}")
+fi
 start=$(date +%s)
 # shellcheck disable=SC2086
-timeout $((LIMIT + MARGIN - 10)) python -m dfmeta.cli train --preset cifar-fs-1shot --zoo .carry/zoo \
-  --device "$DEVICE" --out-dir "$RUNS" --time-limit "$LIMIT" --small-groups merge $FLAGS "${TRAIN[@]}" || echo "!! step 4 failed (rc $?)"
+timeout $((LIMIT + MARGIN - 10)) python -m dfmeta.cli train "${cmd[@]}" --device "$DEVICE" --time-limit "$LIMIT" \
+  || echo "!! step 4 failed (rc $?)"
 wall=$(($(date +%s) - start))
 run=$(ls -d "$RUNS"/*/ 2>/dev/null | head -1)
 if [ -n "$run" ]; then
   python benchmarks/epoch_times.py "$run" --wall "$wall" | tee "$OUT/epoch_times.md"
   python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
-  tar czf "$OUT/tgr_run.tar.gz" --exclude='*.pt' -C "$RUNS" .
+  tar czf - -C "$RUNS" . | split -b 15m - "$OUT/tgr_run.tar.gz.part-"
 fi
 echo "== done in $(($(date +%s) - T0)) s"

@@ -56,6 +56,24 @@ def test_resume_after_stop_equals_uninterrupted(zoo, tmp_path):
     assert strip(rows_a) == strip(rows_b)
 
 
+def test_time_limited_run_continues_on_resume(zoo, tmp_path):
+    """A run a time limit ended (after epoch 1) is meta-tested then; `--resume` continues it to its configured epochs
+    with the same training as an uninterrupted run, keeping the early result as results_epoch1.json."""
+    full = train(tiny(zoo, tmp_path / "a"))
+    early = train(tiny(zoo, tmp_path / "b", time_limit=1e-9))
+    assert early["epochs_run"] == 1 and set(early["test"]) == {"1"}
+    d = run_dir(tmp_path / "b")
+    resumed = train(make(TrainConfig, {"resume": str(d), "device": "cpu"}))
+    assert resumed["epochs_run"] == full["epochs_run"] == 4
+    assert json.loads((d / "results_epoch1.json").read_text()) == early
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert sum(bool(r.get("final_test")) for r in rows) == 1 and sum(bool(r.get("interim_test")) for r in rows) == 1
+    assert train(make(TrainConfig, {"resume": str(d), "device": "cpu"})) == resumed  # finished: not run again
+
+
 def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):
     """rec_prefetch: the tasks of 3 epochs recovered in one batched computation give the same run, also when a stop
     and resume falls inside a prefetched window. Float32 tolerance on the logged losses (1e-4 relative); parameters

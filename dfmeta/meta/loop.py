@@ -8,7 +8,8 @@ beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra
 - the meta-model (BatchNorm on batch statistics) as a parameter dict with one Adam optimizer;
 - validation on fixed meta-val episodes every ``val_every`` epochs with best-model selection (``best.pt``);
 - an exact checkpoint at each validation and on ``stop_after``; ``--resume`` continues a killed run;
-- ``time_limit``: end early and honestly (validate, select, meta-test as if T were the epochs reached);
+- ``time_limit``: end early and honestly (validate, select, meta-test as if T were the epochs reached); ``--resume``
+  continues such a run to its configured epochs (the early meta-test kept as ``results_epoch{N}.json``);
 - one meta-test of the selected model at every K of ``shots``, written to ``results.json``.
 
 Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
@@ -61,7 +62,7 @@ class MetaTrainConfig(DataConfig, EvalFields):
     """Stop (with a checkpoint) after this many epochs in this call; `--resume` continues (0: run to the end)."""
     time_limit: float = 0
     """Meta-train for at most this many seconds (this call), then validate, select and meta-test as if T were the
-    epochs reached (0: no limit). For the largest run that fits a time budget."""
+    epochs reached (0: no limit). For the largest run that fits a time budget; `--resume` continues it."""
     resume: str = ""
     """Resume this run directory from its checkpoint (its stored config is used)."""
 
@@ -198,8 +199,11 @@ class MetaTrainer:
         cfg = self.cfg
         done = self.run.path / "results.json"
         if done.exists():
-            print(f"run already finished: {done}")
-            return json.loads(done.read_text())
+            res = json.loads(done.read_text())
+            if res.get("epochs_run", cfg.epochs) >= cfg.epochs:
+                print(f"run already finished: {done}")
+                return res
+            self.reopen(res)
         if self.load_checkpoint():
             print(f"resumed from epoch {self.epoch}", flush=True)
         self.setup()
@@ -235,6 +239,18 @@ class MetaTrainer:
                   f"{'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}")
             return {"stopped_at": self.epoch}
         return self.meta_test()
+
+    def reopen(self, res: dict[str, Any]) -> None:
+        """Continue a run that a time limit ended: its meta-test result then (of the model selected on meta-val so far;
+        nothing was selected on it) is kept as ``results_epoch{N}.json`` and its metrics rows as ``interim_test``."""
+        n = res.get("epochs_run", 0)
+        interim = self.run.path / f"results_epoch{n}.json"
+        (self.run.path / "results.json").replace(interim)
+        rows = [{**{k: v for k, v in m.items() if k != "final_test"}, "interim_test": True} if m.get("final_test")
+                else m for m in self.run.metrics()]
+        atomic_write(self.run.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in rows))
+        print(f"continuing a run a time limit ended at epoch {n}/{self.cfg.epochs} (its meta-test then: "
+              f"{interim.name})", flush=True)
 
     def meta_test(self) -> dict[str, Any]:
         """Evaluate the meta-val-selected parameters once on meta-test, at every K of ``shots``."""
