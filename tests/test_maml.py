@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from dfmeta.errors import DfmetaError
-from dfmeta.meta.maml import maml_loss
+from dfmeta.meta.bank import MemoryBank
+from dfmeta.meta.maml import maml_loss, replay
 from dfmeta.nets import build, fcall, params_of
 
 LR, STEPS = 0.1, 2
@@ -113,3 +116,31 @@ def test_bad_arguments(setup):
         maml_loss(model, p, xs, ys[:2], xq, yq)
     with pytest.raises(DfmetaError):
         maml_loss(model, p, xs, ys, xq, yq, inner_steps=-1)
+
+
+def test_replay_stopping_rule():
+    """Replay stops after `patience` meta-batches in a row without a new best training accuracy, or at the cap
+    (0: no cap); the step sequence and accuracies are those the authors' rule implies."""
+    bank = MemoryBank(4)
+    g = torch.Generator().manual_seed(0)
+    for t in range(2):
+        bank.add(SimpleNamespace(images=torch.randn(15, 3, 16, 16, generator=g),
+                                 labels=torch.arange(5).repeat_interleave(3), teacher=t))
+    accs = iter([0.2, 0.5, 0.4, 0.5, 0.3, 0.9, 0.1, 0.1, 0.1, 0.1])
+    seen = []
+
+    def step(xs, ys, xq, yq):
+        seen.append(xs.shape)
+        return torch.tensor(1.0), torch.tensor(next(accs)), *[torch.zeros_like(p) for p in params.values()]
+
+    torch.manual_seed(0)
+    model = build("conv4", 5, 16, 3, "batch")
+    params = {k: v.requires_grad_() for k, v in params_of(model).items()}
+    opt = torch.optim.Adam(params.values(), lr=1e-3)
+    kw = dict(n_tasks=2, n_way=5, k_shot=1, n_query=1, inner_lr=0.01, inner_steps=1, first_order=True)
+    out = replay(model, params, opt, bank, 0, patience=3, max_batches=0, step=step, **kw)
+    # best 0.2, 0.5, (0.4, 0.5, 0.3: stale 3) -> stop after 5 batches
+    assert out["replay_batches"] == 5 and out["replay_acc"] == pytest.approx(0.5)
+    assert seen[0] == (2, 5, 3, 16, 16)
+    accs = iter([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert replay(model, params, opt, bank, 0, patience=3, max_batches=2, step=step, **kw)["replay_batches"] == 2

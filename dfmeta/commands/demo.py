@@ -88,7 +88,7 @@ def run_demo(cfg: DemoConfig) -> None:
                        small_groups="merge")
     res = Trainer(tcfg, RunDir(run.path / "tgr", tcfg)).fit()
     rows["tgr"] = {int(k): v for k, v in res["test"].items()}
-    lines = [f"| method | " + " | ".join(f"{cfg.ways}-way {k}-shot" for k in cfg.shots) + " |",
+    lines = ["| method | " + " | ".join(f"{cfg.ways}-way {k}-shot" for k in cfg.shots) + " |",
              "|---|" + "---|" * len(cfg.shots)]
     for method, r in rows.items():
         lines.append(f"| {method} | " + " | ".join(f"{r[k]['acc']:.2f} ± {r[k]['ci95']:.2f}" for k in cfg.shots) + " |")

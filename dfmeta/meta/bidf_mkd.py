@@ -87,7 +87,8 @@ class BiDfMKDConfig(FastRecoveryFields, MetaTrainConfig):
     """Replay stops after this many meta-batches in a row without a new best training accuracy (authors:
     generate_interval 200)."""
     replay_max_batches: int = 60
-    """At most this many replay meta-batches per epoch (the authors' 60000 meta-batches over T = 1000 epochs)."""
+    """At most this many replay meta-batches per epoch (the authors' 60000 meta-batches over T = 1000 epochs;
+    0: no cap)."""
 
     def validate(self) -> None:
         MetaTrainConfig.validate(self)

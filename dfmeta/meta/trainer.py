@@ -82,8 +82,8 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Replay tasks per MAML meta-batch."""
     replay_patience: int = 4
     """Replay meta-batches stop after this many in a row without a new best training accuracy (the authors' rule)."""
-    replay_max_batches: int = 8
-    """At most this many replay meta-batches per epoch."""
+    replay_max_batches: int = 0
+    """At most this many replay meta-batches per epoch (0: no cap, the authors' patience rule alone)."""
     inner_lr: float = 0.01
     """MAML inner learning rate."""
     inner_steps: int = 5
@@ -101,6 +101,8 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
             (self.groups >= 1, "groups", ">= 1"),
             (self.beta >= 0, "beta", ">= 0"),
             (self.rec_prefetch >= 0, "rec_prefetch", ">= 0"),
+            (self.replay_max_batches >= 0, "replay_max_batches", ">= 0 (0: no cap)"),
+            (self.replay_patience >= 1, "replay_patience", ">= 1"),
         ])
 
 
