@@ -15,6 +15,12 @@ computed by forward pre-hooks on the teacher's BatchNorm layers (:class:`BNStatL
 layer's ``running_mean`` is the tensor passed in, so inside ``vmap`` each teacher is compared with its own
 statistics. Every random draw of a teacher (generator init, Z, augmentation) comes from its own ``torch.Generator``
 seeded by ``(seed, teacher index)``: recovering a teacher alone or together with others gives the same task.
+
+Fast paths (:func:`fast_settings`; the CUDA defaults, measured in docs/results/h100-2026-11-27.md): bf16 autocast of
+the generator and teacher passes; ``grouped`` batching (:mod:`dfmeta.nets.grouped`: the stacked generators and Conv4
+teachers as one network of grouped convolutions, what vmap computes without its reshuffling); each step replayed as a
+captured CUDA graph (:class:`dfmeta.cuda_graph.Graphed`). The CPU default is the plain float32 vmap path, and each fast
+path is tested against it.
 """
 
 from __future__ import annotations
