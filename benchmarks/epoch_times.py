@@ -2,9 +2,10 @@
 
     python benchmarks/epoch_times.py RUN_DIR [--wall SECONDS] [--epochs 1000]
 
-Prints a table: mean and median seconds per epoch of each stage (t_recover, t_igr, t_replay; recovery of several
-epochs together counts once, so the mean is the per-epoch cost), validation seconds per validation, and the time a
-run of ``--epochs`` epochs would take at these rates (validation every val_every epochs, from config.json).
+Prints a table: mean and median seconds per epoch of each stage the method logs (TGR: t_recover, t_igr, t_replay;
+the baselines their own t_* fields; recovery of several epochs together counts once, so the mean is the per-epoch
+cost), validation seconds per validation, and the time a run of ``--epochs`` epochs would take at these rates
+(validation every val_every epochs, from config.json).
 ``--wall``: the measured wall time of the whole command, printed beside the sum of the stages.
 """
 
@@ -27,12 +28,12 @@ def main() -> None:
         raise SystemExit(f"{run}: no metrics.jsonl (not a run directory, or no epoch finished)")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     cfg = json.loads((run / "config.json").read_text())
-    epochs = [r for r in rows if "epoch" in r and "t_recover" in r]
+    epochs = [r for r in rows if "epoch" in r and any(k.startswith("t_") and k != "t_val" for k in r)]
     if not epochs:
         raise SystemExit(f"{run / 'metrics.jsonl'}: no epoch rows with timings")
-    stages = [k for k in ("t_recover", "t_igr", "t_replay") if k in epochs[0]]
+    stages = [k for k in epochs[0] if k.startswith("t_") and k != "t_val"]  # the method's own stages, in its order
     vals = [r["t_val"] for r in rows if "t_val" in r]
-    print(f"run: {run.name}, {len(epochs)} epochs, val_every {cfg.get('val_every')}")
+    print(f"\nrun: {run.name}, {len(epochs)} epochs, val_every {cfg.get('val_every')}")
     print("| stage | mean s/epoch | median s/epoch |")
     print("|---|---|---|")
     total = 0.0

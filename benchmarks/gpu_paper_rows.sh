@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# One prepared GPU call for the paper's CIFAR-FS comparison rows and the H100 zoo-build throughput (issue #3).
-# Not yet run on a GPU (written in a session without a device). Run from the repository root; results under $OUT.
-#   prerequisites (on the CPU machine, carried as .carry; see benchmarks/gpu_cifar_fs.sh):
+# One prepared GPU call for the paper's CIFAR-FS comparison rows (issue #6): TGR and the baselines, each meta-trained
+# for a time limit, selected on meta-val and meta-tested once (1- and 5-shot, 600 episodes), then `dfmeta report`.
+# Not yet run on a GPU. Run from the repository root; results under $OUT.
+#   prerequisites (on the CPU machine, carried as .carry; see benchmarks/gpu_fast_tgr.sh):
 #     dfmeta data prepare --dataset cifar-fs --splits test --out .carry/data
 #     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
-#     dfmeta zoo import --src ../shared/zoos/cifar-fs-conv4 --dst .carry/zoo
+#     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
 #   then: bash benchmarks/gpu_paper_rows.sh SECONDS_PER_METHOD [METHOD ...]   (default 90 s; tgr purer bidf-mkd dro)
-# Each method meta-trains until its time limit, is selected on meta-val and meta-tested once (1- and 5-shot, 600
-# episodes). A step that fails is reported and the script goes on.
+# A time-limited run can be continued later with `--resume RUN_DIR`: the run directories come back whole (checkpoints
+# included) as $OUT/runs.tar.gz.part-aa, -ab, ... (15 MiB pieces); `cat runs.tar.gz.part-* | tar xz` restores them.
+# DEVICE=cpu runs the same plumbing on a CPU (add small settings through EXTRA="--rec-steps 2 ...").
+# A step that fails is reported and the script goes on.
 set -uo pipefail
 LIMIT=${1:-90}; shift || true
 METHODS=${*:-tgr purer bidf-mkd dro}
+DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 DFMETA_DATA=.carry/data DFMETA_CACHE=/tmp/dfmeta-cache PYTHONPATH=$PWD
+RUNS=${RUNS:-/tmp/runs}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1 DFMETA_DATA=${DFMETA_DATA:-.carry/data} DFMETA_CACHE=/tmp/dfmeta-cache PYTHONPATH=$PWD
 exec > >(tee "$OUT/log.txt") 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-echo "== zoo build throughput (100 teachers x 60 epochs target: 2 min)"
-timeout 200 python benchmarks/bench_zoo_build.py --device cuda --teachers 8 32 100 | tee "$OUT/bench_zoo_build.md"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 for m in $METHODS; do
   echo "== $m, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of meta-training"
-  if [ "$m" = tgr ]; then cmd=(train); else cmd=(baseline "$m"); fi
-  timeout $((LIMIT + 150)) python -m dfmeta.cli "${cmd[@]}" --preset cifar-fs-1shot --zoo .carry/zoo --device cuda \
-    --out-dir "/tmp/runs/$m" --val-every 5 --time-limit "$LIMIT" || echo "!! $m failed (rc $?)"
-  mkdir -p "$OUT/runs" && cp -r /tmp/runs/"$m"/* "$OUT/runs/" 2>/dev/null
-  find "$OUT/runs" -name "*.pt" -delete
+  if [ "$m" = tgr ]; then cmd=(train --small-groups merge); else cmd=(baseline "$m"); fi
+  # shellcheck disable=SC2086
+  timeout $((LIMIT + 150)) python -m dfmeta.cli "${cmd[@]}" --preset cifar-fs-1shot --zoo .carry/zoo --device "$DEVICE" \
+    --out-dir "$RUNS" --time-limit "$LIMIT" ${EXTRA:-} || echo "!! $m failed (rc $?)"
 done
-python -m dfmeta.cli report "$OUT/runs" --out "$OUT/report.md" || true
+python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
+for run in "$RUNS"/*/; do
+  [ -f "$run/metrics.jsonl" ] && python benchmarks/epoch_times.py "$run" 2>/dev/null
+done | tee "$OUT/epoch_times.md"
+tar czf - -C "$RUNS" . | split -b 15m - "$OUT/runs.tar.gz.part-"
