@@ -369,8 +369,8 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
             xn = (xa - mean) / std
             ce, bnl, logits = terms(tstate, xn)
             loss = ce.float() + cfg.bn_weight * bnl.float()
-            if extra is not None:
-                loss = loss + extra(indices, logits.float(), xn)
+        if extra is not None:  # in float32: the caller's own models (e.g. BiDf-MKD's adapted meta-model)
+            loss = loss + extra(indices, logits.float(), xn)
         with torch.no_grad():
             better = loss < best_loss  # no boolean indexing: no device sync per step
             best_loss.copy_(torch.where(better, loss, best_loss))

@@ -112,18 +112,24 @@ def test_boundary_descent_moves_agreeing_images_to_the_boundary():
     assert agree0 > 0.6 and agree < 0.5 * agree0
 
 
-def test_recovery_extra_loss_is_added_per_teacher(tmp_path):
+@pytest.mark.parametrize("amp,batching", [("off", "vmap"), ("bf16", "grouped")])
+def test_recovery_extra_loss_is_added_per_teacher(tmp_path, amp, batching):
+    """Also under the CUDA defaults (bf16, grouped requested): the extra loss gets float32 inputs of the vmap layout."""
     zoo = load_zoo(str(make_zoo(tmp_path / "zoo", 3)))
-    cfg = RecoveryConfig(steps=2, per_class=2, nz=8, nf=4)
-    plain = recover_tasks(zoo.teachers, [0, 2], cfg, "cpu", 3, chunk=1)
+    cfg = RecoveryConfig(steps=2, per_class=2, nz=8, nf=4, amp=amp, batching=batching)
+    plain = recover_tasks(zoo.teachers, [0, 2], RecoveryConfig(**{**cfg.__dict__, "batching": "vmap"}), "cpu", 3,
+                          chunk=1)  # an extra loss runs the vmap layout
     seen = []
 
     def extra(part, logits, x):  # a constant per teacher: same trajectory, loss shifted by the teacher index
         seen.append((list(part), tuple(logits.shape), tuple(x.shape)))
+        dtypes.extend([logits.dtype, x.dtype])
         return torch.tensor([float(i) for i in part])
 
+    dtypes = []
     shifted = recover_tasks(zoo.teachers, [0, 2], cfg, "cpu", 3, chunk=1, extra=extra)
     assert seen[0] == ([0], (1, 10, 5), (1, 10, 3, 16, 16)) and seen[-1][0] == [2]
+    assert all(d == torch.float32 for d in dtypes)
     for a, b in zip(plain, shifted):
         assert torch.equal(a.images, b.images)
         assert b.loss == pytest.approx(a.loss + a.teacher, abs=1e-5)
