@@ -98,8 +98,8 @@ def replay(model: nn.Module, params: Params, opt: torch.optim.Optimizer, bank: "
            patience: int, max_batches: int, step: MetaStep | None = None) -> dict[str, float]:
     """Cross-task replay: MAML meta-batches of ``n_tasks`` interpolated tasks from ``bank`` (drawn with a generator
     seeded by ``seed`` on the parameters' device), one ``opt`` step each, until ``patience`` batches in a row bring no
-    new best training accuracy (the authors' rule) or ``max_batches`` (0: no cap). Stops early while the bank cannot supply
-    ``n_way`` classes. ``step``: the meta-batch computation (default :func:`meta_gradients` of these settings).
+    new best training accuracy (the authors' rule) or ``max_batches`` (0: no cap). Stops early while the bank cannot
+    supply ``n_way`` classes. ``step``: the meta-batch computation (default :func:`meta_gradients` of these settings).
     Returns replay_batches, replay_loss, replay_acc."""
     step = step or meta_gradients(model, params, inner_lr, inner_steps, first_order)
     generator = torch.Generator(device=next(iter(params.values())).device)

@@ -289,7 +289,8 @@ class Trainer(MetaTrainer):
             stats.update(self.replay(epoch))
         t3 = time.perf_counter()
         return {"teachers": [self.zoo[t.teacher].id for t in tasks],
-                "rec_loss": float(np.mean([x.loss for x in tasks])), **stats, "t_recover": t1 - t0, "t_igr": t2 - t1, "t_replay": t3 - t2}
+                "rec_loss": float(np.mean([x.loss for x in tasks])), **stats,
+                "t_recover": t1 - t0, "t_igr": t2 - t1, "t_replay": t3 - t2}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
