@@ -129,6 +129,14 @@ class Trainer(MetaTrainer):
             raise DfmetaError(f"field 'groups': c = {cfg.groups} is larger than the zoo ({len(zoo)} models)")
 
     def setup(self) -> None:
+        from dfmeta.recover import fast_settings
+        cfg = self.cfg
+        amp, graph, batching = fast_settings(self.recovery_config(), self.device)
+        ahead = self.epochs_per_recovery()
+        graphed = self.device.type == "cuda" and cfg.replay_graph
+        print(f"  speed: recovery in {'bf16' if amp else 'float32'}, {batching} batching, "
+              f"{'CUDA-graph' if graph else 'eager'} steps, {ahead} epoch(s) per recovery; replay "
+              f"{'CUDA-graph' if graphed else 'eager'}", flush=True)
         self.groups = self.usable_groups(self.group())
 
     def extra_state(self) -> dict[str, Any]:
@@ -257,13 +265,17 @@ class Trainer(MetaTrainer):
                       inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps, first_order=cfg.first_order,
                       patience=cfg.replay_patience, max_batches=cfg.replay_max_batches, step=self.replay_step)
 
+    def epochs_per_recovery(self) -> int:
+        """rec_prefetch, with 0 meaning 8 on CUDA and 1 elsewhere."""
+        return self.cfg.rec_prefetch or (8 if self.device.type == "cuda" else 1)
+
     def epoch_tasks(self, epoch: int) -> list:
         """The recovered tasks of ``epoch``: its m teachers, seed ``epoch_seed(seed, epoch, 0)``. With rec_prefetch
         P > 1 the tasks of epochs epoch..epoch+P-1 are recovered together and kept until their epoch comes."""
         from dfmeta.recover import recover_tasks
         cfg = self.cfg
         if epoch not in self.prefetched:
-            ahead = cfg.rec_prefetch or (8 if self.device.type == "cuda" else 1)
+            ahead = self.epochs_per_recovery()
             epochs = list(range(epoch, min(epoch + ahead, cfg.epochs + 1)))
             picks = [self.pick_teachers(e) for e in epochs]
             seeds = [epoch_seed(cfg.seed, e, 0) for e, p in zip(epochs, picks) for _ in p]
