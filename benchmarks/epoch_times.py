@@ -50,7 +50,8 @@ def main() -> None:
     print(f"\nat these rates {a.epochs} epochs with validation every {every}: {est:.0f} s ({est / 60:.1f} min), "
           f"before grouping and the final meta-test")
     if a.wall:
-        print(f"measured wall time of the command: {a.wall:.0f} s; stages summed over the epochs run: "
+        print(f"measured wall time of the command: {a.wall:.0f} s; stages summed over the epochs run "
+              f"(all calls, for a resumed run): "
               f"{sum(sum(r[k] for k in stages) for r in epochs) + sum(vals):.0f} s")
 
 

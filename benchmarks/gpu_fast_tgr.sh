@@ -9,6 +9,11 @@
 #   RESUME=path/to/run_dir (carried) continues that run in step 4 instead of starting one. The run directory comes
 #   back whole, checkpoint included, as $OUT/tgr_run.tar.gz.part-aa, -ab, ... (15 MiB pieces, the size limit of a
 #   returned file): `cat tgr_run.tar.gz.part-* | tar xz` restores it for a later RESUME.
+#   DEFER_TEST=1 trains without the meta-test split (--defer-test): a full run in several calls, each carrying the
+#   zoo, the val split and the run (about 58 MB with the 37 MB memory bank), none the 37 MB test split:
+#     STEPS=4 DEFER_TEST=1 [RESUME=.carry/run/<run>] bash benchmarks/gpu_fast_tgr.sh 560   # repeat to 1000 epochs
+#     STEPS=4 RESUME=.carry/run/<run> bash benchmarks/gpu_fast_tgr.sh 200   # last call: zoo, val, test, the run
+#   (a finished run's checkpoint leaves the bank out, so the last call fits). No interim meta-test is taken.
 # Steps: (1) the fast recovery paths against the reference on the GPU (pytest), (2) recovery variants and
 # several-epoch batching (bench_recover.py, picks the fastest), (3) zoo-build throughput, (4) a CIFAR-FS 1-shot TGR
 # run from the reference zoo with the fastest settings, time-limited to what the budget leaves (meta-val selection,
@@ -83,6 +88,7 @@ else
   echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"
   cmd=(--preset cifar-fs-1shot --zoo .carry/zoo --out-dir "$RUNS" --small-groups merge $FLAGS "${TRAIN[@]}")
 fi
+[ "${DEFER_TEST:-0}" = 1 ] && cmd+=(--defer-test) || cmd+=(--no-defer-test)
 start=$(date +%s)
 # shellcheck disable=SC2086
 timeout $((LIMIT + MARGIN - 10)) python -m dfmeta.cli train "${cmd[@]}" --device "$DEVICE" --time-limit "$LIMIT" \

@@ -74,6 +74,35 @@ def test_time_limited_run_continues_on_resume(zoo, tmp_path):
     assert train(make(TrainConfig, {"resume": str(d), "device": "cpu"})) == resumed  # finished: not run again
 
 
+def test_deferred_meta_test_chain(zoo, tmp_path, monkeypatch):
+    """defer_test: calls that cannot hold meta-test train in time-limited pieces without loading it (no interim
+    meta-test), the finished run's checkpoint drops the memory bank, and a last --resume only meta-tests; the result
+    equals an uninterrupted run's."""
+    import dfmeta.meta.loop as loop
+    full = train(tiny(zoo, tmp_path / "a"))
+    real = loop.load_domains
+
+    def no_test(dataset, split, *a, **kw):
+        assert split != "test", "meta-test loaded by a deferred call"
+        return real(dataset, split, *a, **kw)
+    monkeypatch.setattr(loop, "load_domains", no_test)
+    first = train(tiny(zoo, tmp_path / "b", time_limit=1e-9, defer_test=True))
+    assert first == {"stopped_at": 1}
+    d = run_dir(tmp_path / "b")
+    assert not (d / "results.json").exists()
+    chained = [train(make(TrainConfig, {"resume": str(d), "device": "cpu", "defer_test": True, "time_limit": 1e-9}))
+               for _ in range(3)]
+    assert chained == [{"stopped_at": 2}, {"stopped_at": 3}, {"stopped_at": 4, "meta_test": "deferred"}]
+    assert torch.load(d / "checkpoint.pt", weights_only=False)["extra"] == {}  # finished: no bank carried
+    monkeypatch.setattr(loop, "load_domains", real)
+    assert train(make(TrainConfig, {"resume": str(d), "device": "cpu"})) == full
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    assert sum(bool(r.get("final_test")) for r in rows) == 1 and not any(r.get("interim_test") for r in rows)
+
+
 def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):
     """rec_prefetch: the tasks of 3 epochs recovered in one batched computation give the same run, also when a stop
     and resume falls inside a prefetched window. Float32 tolerance on the logged losses (1e-4 relative); parameters

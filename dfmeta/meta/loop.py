@@ -10,6 +10,9 @@ beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra
 - an exact checkpoint at each validation and on ``stop_after``; ``--resume`` continues a killed run;
 - ``time_limit``: end early and honestly (validate, select, meta-test as if T were the epochs reached); ``--resume``
   continues such a run to its configured epochs (the early meta-test kept as ``results_epoch{N}.json``);
+- ``defer_test``: meta-train without loading meta-test (a time limit then only stops with a checkpoint); a later
+  ``--resume`` meta-tests the finished run. A finished run's checkpoint drops the method state (nothing is left to
+  train), so the last call carries little more than ``best.pt``;
 - one meta-test of the selected model at every K of ``shots``, written to ``results.json``.
 
 Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
@@ -63,6 +66,9 @@ class MetaTrainConfig(DataConfig, EvalFields):
     time_limit: float = 0
     """Meta-train for at most this many seconds (this call), then validate, select and meta-test as if T were the
     epochs reached (0: no limit). For the largest run that fits a time budget; `--resume` continues it."""
+    defer_test: bool = False
+    """Meta-train without the meta-test split (for a machine that cannot hold it): a time limit then stops with a
+    checkpoint instead of meta-testing, and a finished run is meta-tested by a later `--resume` without this flag."""
     resume: str = ""
     """Resume this run directory from its checkpoint (its stored config is used)."""
 
@@ -115,7 +121,8 @@ class MetaTrainer:
             if s.image_size != self.image_size:
                 raise DfmetaError(f"{cfg.zoo}: the zoo's teachers take {self.image_size}px images, dataset "
                                   f"{s.name} has {s.image_size}px images (set --image-size {self.image_size})")
-        self.test_splits = load_domains(cfg.dataset, "test", cfg.data_root, size, self.channels)
+        self.test_splits = [] if cfg.defer_test else load_domains(cfg.dataset, "test", cfg.data_root, size,
+                                                                  self.channels)
         self.model = build(cfg.arch, self.n_way, self.image_size, self.channels, bn="batch").to(self.device)
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in params_of(self.model).items()}
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -156,9 +163,10 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
+        """The checkpoint; a finished run's leaves out the method state (nothing is left to train)."""
         return {"epoch": self.epoch, "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "opt": self.opt.state_dict(), "best": self.best, "config": to_dict(self.cfg),
-                "extra": self.extra_state()}
+                "extra": self.extra_state() if self.epoch < self.cfg.epochs else {}}
 
     def save_checkpoint(self) -> None:
         atomic_torch_save(self.state(), self.run.path / "checkpoint.pt")
@@ -172,8 +180,9 @@ class MetaTrainer:
             for k, v in st["params"].items():
                 self.params[k].copy_(v.to(self.device))
         self.opt.load_state_dict(st["opt"])
-        self.load_extra_state(st["extra"])
         self.best, self.epoch = st["best"], st["epoch"]
+        if self.epoch < self.cfg.epochs:
+            self.load_extra_state(st["extra"])
         # metrics written after the checkpoint belong to epochs that will be run again
         lines = [m for m in self.run.metrics() if m.get("epoch", 0) <= self.epoch]
         atomic_write(self.run.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in lines))
@@ -206,7 +215,8 @@ class MetaTrainer:
             self.reopen(res)
         if self.load_checkpoint():
             print(f"resumed from epoch {self.epoch}", flush=True)
-        self.setup()
+        if self.epoch < cfg.epochs:
+            self.setup()
         start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep", dynamic_ncols=True)
@@ -214,6 +224,10 @@ class MetaTrainer:
             if cfg.stop_after and ran >= cfg.stop_after:
                 break
             if cfg.time_limit and ran and time.perf_counter() - t_start > cfg.time_limit:
+                if cfg.defer_test:
+                    bar.close()
+                    print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}")
+                    break
                 bar.close()
                 print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}: ending the run there")
                 if last_val != self.epoch:
@@ -238,6 +252,10 @@ class MetaTrainer:
             print(f"stopped at epoch {self.epoch}/{cfg.epochs}; continue with: dfmeta "
                   f"{'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}")
             return {"stopped_at": self.epoch}
+        if cfg.defer_test:
+            print(f"meta-training finished; meta-test it with the test split present: dfmeta "
+                  f"{'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}")
+            return {"stopped_at": self.epoch, "meta_test": "deferred"}
         return self.meta_test()
 
     def reopen(self, res: dict[str, Any]) -> None:
@@ -276,8 +294,8 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaTrainConfig, name: str
         if not (path / "config.json").is_file():
             raise DfmetaError(f"{path}: not a run directory (no config.json)")
         stored = json.loads((path / "config.json").read_text())
-        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, device=cfg.device,
-                      threads=cfg.threads)
+        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, defer_test=cfg.defer_test,
+                      device=cfg.device, threads=cfg.threads)
         cfg = make(type(cfg), stored)
         run = RunDir(path)
     else:
