@@ -63,7 +63,7 @@ FLAGS=$(python - "$OUT/recover_best.json" <<'EOF' 2>/dev/null
 import json, sys
 b = json.load(open(sys.argv[1]))
 print(f"--rec-amp {b['amp']} --rec-graph {b['graph']} --rec-batching {b['batching']} "
-      f"--rec-channels-last {b['channels_last']} --rec-prefetch {b['prefetch']}")
+      f"--rec-channels-last {b['channels_last']} --rec-compile {b.get('compile', 'off')} --rec-prefetch {b['prefetch']}")
 EOF
 )
 echo "fastest recovery settings: ${FLAGS:-none measured, the defaults}"

@@ -73,6 +73,10 @@ class RecoveryConfig:
     """How teachers are batched in a step: vmap, loop (one plain pass per teacher), grouped (one network of
     grouped convolutions, :mod:`dfmeta.nets.grouped`; for the generator and Conv4 teachers, vmap for other
     teachers and with an extra loss), auto (grouped on CUDA, vmap elsewhere)."""
+    compile: Literal["off", "on"] = "off"
+    """Compile the grouped batching's forward pass (generator, augmentation, Conv4 teacher, loss) with
+    ``torch.compile``, fusing its elementwise and reduction kernels; off by default (not yet measured on a GPU).
+    Applies only where the grouped batching runs; a failed compilation falls back to the eager pass."""
 
     def validate(self) -> None:
         for name in ("steps", "per_class", "nz", "nf"):
@@ -83,7 +87,7 @@ class RecoveryConfig:
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
         for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),
-                              ("channels_last", ("off", "on")),
+                              ("channels_last", ("off", "on")), ("compile", ("off", "on")),
                               ("batching", ("auto", "vmap", "loop", "grouped"))):
             if getattr(self, name) not in allowed:
                 raise DfmetaError(f"field {name!r}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -105,11 +109,13 @@ class FastRecoveryFields:
     rec_batching: Literal["auto", "vmap", "loop", "grouped"] = "auto"
     """Teachers in a recovery step: vmap, loop (one plain pass per teacher), grouped (one network of grouped
     convolutions; generator and Conv4 teachers), auto (grouped on CUDA, vmap elsewhere)."""
+    rec_compile: Literal["off", "on"] = "off"
+    """torch.compile the grouped recovery's forward pass (fused kernels; not yet measured on a GPU)."""
 
     def fast_recovery(self) -> dict[str, str]:
         """The RecoveryConfig fields these settings give."""
         return {"amp": self.rec_amp, "graph": self.rec_graph, "batching": self.rec_batching,
-                "channels_last": self.rec_channels_last}
+                "channels_last": self.rec_channels_last, "compile": self.rec_compile}
 
 
 @dataclass
@@ -294,6 +300,42 @@ def _over_teachers(fn: Callable, loop: bool) -> Callable:
     return mapped
 
 
+def _step_loss(generate: Callable, terms: Callable, gp: dict[str, Tensor], z: Tensor, tstate: dict[str, Tensor],
+               mean: Tensor, std: Tensor, aug: tuple[Tensor, ...], augmented: bool, bn_weight: float,
+               amp: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One recovery step's forward pass: (L_G per teacher [k], images [k, n, C, H, W] in [0, 1], logits, normalised
+    inputs) from generators ``gp`` and codes ``z``, with the crops and flips ``aug``."""
+    with torch.autocast(z.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
+        x = generate(gp, z).float()
+        xa = augment(x.flatten(0, 1), *aug).view_as(x) if augmented else x
+        xn = (xa - mean) / std
+        ce, bnl, logits = terms(tstate, xn)
+        loss = ce.float() + bn_weight * bnl.float()
+    return loss, x, logits, xn
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled_step_loss() -> Callable:
+    """:func:`_step_loss` under ``torch.compile`` (static shapes; one compilation per shape and setting, kept for the
+    process); if compiling fails, that is reported once and the eager function is used from then on."""
+    if "fn" not in _COMPILED:
+        compiled = torch.compile(_step_loss, dynamic=False)
+
+        def call(*args):
+            if _COMPILED["fn"] is call:
+                try:
+                    return compiled(*args)
+                except Exception as e:  # noqa: BLE001 - a compiler failure must not stop the run
+                    print(f"warning: torch.compile of the recovery step failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160] if str(e) else ''}); running it eagerly", flush=True)
+                    _COMPILED["fn"] = _step_loss
+            return _step_loss(*args)
+        _COMPILED["fn"] = call
+    return _COMPILED["fn"]
+
+
 GRAPH_WARMUP = 3
 """Eager steps before a step is captured as a CUDA graph (optimizer state, cuDNN and autocast set up)."""
 
@@ -363,12 +405,7 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
 
     def one_step(*aug: Tensor) -> tuple[Tensor, ...]:
         bn.terms.clear()
-        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None, cache_enabled=False):
-            x = generate(gp, z).float()
-            xa = augment(x.flatten(0, 1), *aug).view_as(x) if cfg.augment else x
-            xn = (xa - mean) / std
-            ce, bnl, logits = terms(tstate, xn)
-            loss = ce.float() + cfg.bn_weight * bnl.float()
+        loss, x, logits, xn = forward(generate, terms, gp, z, tstate, mean, std, aug, cfg.augment, cfg.bn_weight, amp)
         if extra is not None:  # in float32: the caller's own models (e.g. BiDf-MKD's adapted meta-model)
             loss = loss + extra(indices, logits.float(), xn)
         with torch.no_grad():
@@ -383,8 +420,11 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
         return ()
 
     with torch.enable_grad(), BNStatLoss(model) as bn:
+        forward = _step_loss
         if grouped_ok and t0.arch == "conv4" and grouped.conv4_blocks(tstate):
             terms = partial(grouped.conv4_terms, y=y, channels_last=cl)
+            if cfg.compile == "on":  # pure tensor code (no BN hooks): compilable as one graph
+                forward = _compiled_step_loss()
         else:
             terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), batching == "loop")
         run = Graphed(one_step, device, use_graph, GRAPH_WARMUP, "recovery step")

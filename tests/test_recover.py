@@ -226,3 +226,53 @@ def test_upsample2_is_nearest_interpolation():
     (g_want,) = torch.autograd.grad((want * w).sum(), x)
     (g_got,) = torch.autograd.grad((got * w).sum(), x)
     torch.testing.assert_close(g_got, g_want)
+
+
+def _compiled_vs_eager(dev: torch.device, **kw) -> tuple[list, list]:
+    same = [random_teacher(0), random_teacher(3), random_teacher(4)]
+    cfg = RecoveryConfig(steps=4, per_class=2, nz=8, nf=4, batching="grouped", **kw)
+    eager = recover_tasks(same, [0, 1, 2], cfg, dev, seed=3)
+    compiled = recover_tasks(same, [0, 1, 2], RecoveryConfig(**{**cfg.__dict__, "compile": "on"}), dev, seed=3)
+    return compiled, eager
+
+
+def test_compiled_step_equals_eager(monkeypatch):
+    """compile on: the grouped forward pass under torch.compile gives the eager grouped result (float32 tolerance, as
+    the batching modes); it really ran compiled (no fallback), and a second call with other teachers reuses it."""
+    import torch._dynamo.utils as dynamo_utils
+
+    import dfmeta.recover as rec
+    monkeypatch.setattr(rec, "_COMPILED", {})
+    compiled, eager = _compiled_vs_eager(CPU)
+    _close_tasks(compiled, eager, atol=1e-5, rtol=1e-4)
+    assert rec._COMPILED["fn"] is not rec._step_loss
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    again = recover_tasks([random_teacher(5), random_teacher(6), random_teacher(7)], [2, 1, 0],
+                          RecoveryConfig(steps=4, per_class=2, nz=8, nf=4, batching="grouped", compile="on"), CPU, 1)
+    assert len(again) == 3 and dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # no recompilation
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
+    import dfmeta.recover as rec
+
+    def broken(fn, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no compiler here")
+        return fail
+    monkeypatch.setattr(rec, "_COMPILED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    compiled, eager = _compiled_vs_eager(CPU)
+    _close_tasks(compiled, eager, atol=0, rtol=0)
+    assert "torch.compile of the recovery step failed (RuntimeError: no compiler here)" in capsys.readouterr().out
+    with pytest.raises(DfmetaError, match="field 'compile'"):
+        RecoveryConfig(compile="max")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_bf16_graph_on_cuda(monkeypatch):
+    """On a GPU: compiled + bf16 + CUDA-graph steps against the eager bf16 graph steps (bf16 tolerance)."""
+    import dfmeta.recover as rec
+    monkeypatch.setattr(rec, "_COMPILED", {})
+    compiled, eager = _compiled_vs_eager(torch.device("cuda"), amp="bf16", graph="on")
+    assert rec._COMPILED["fn"] is not rec._step_loss
+    _close_tasks(compiled, eager, atol=2e-2, rtol=2e-2)

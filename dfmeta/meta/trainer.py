@@ -134,7 +134,8 @@ class Trainer(MetaTrainer):
         amp, graph, batching = fast_settings(self.recovery_config(), self.device)
         ahead = self.epochs_per_recovery()
         graphed = self.device.type == "cuda" and cfg.replay_graph
-        print(f"  speed: recovery in {'bf16' if amp else 'float32'}, {batching} batching, "
+        compiled = ", compiled" if cfg.rec_compile == "on" and batching == "grouped" else ""
+        print(f"  speed: recovery in {'bf16' if amp else 'float32'}, {batching} batching{compiled}, "
               f"{'CUDA-graph' if graph else 'eager'} steps, {ahead} epoch(s) per recovery; replay "
               f"{'CUDA-graph' if graphed else 'eager'}", flush=True)
         self.groups = self.usable_groups(self.group())
