@@ -72,7 +72,8 @@ def test_same_seed_identical_and_resume_exact(zoo, tmp_path):
     for other in (b, c):
         for k in a["params"]:
             assert torch.equal(a["params"][k], other["params"][k]), k
-        assert torch.equal(a["extra"]["pseudo"]["data"], other["extra"]["pseudo"]["data"])
+        assert a["extra"] == other["extra"] == {}  # a finished run's checkpoint drops the pseudo data; the
+        # resumed epochs' inversion losses (metrics below) show it was restored exactly at the stop
     assert metrics(tmp_path / "a") == metrics(tmp_path / "b") == metrics(tmp_path / "c")
     assert sum(r.get("adv_steps", 0) for r in metrics(tmp_path / "a")) >= 2  # adversarial steps on both sides
 

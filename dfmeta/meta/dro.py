@@ -188,6 +188,7 @@ class DROTrainer(MetaTrainer):
     fused meta-initialisation, rewritten at the end of every epoch."""
 
     method = "dro"
+    keeps_final_state = True  # the fitted hyper-network is an artefact of the run
     cfg: DROConfig
 
     def __init__(self, cfg: DROConfig, run) -> None:

@@ -11,8 +11,8 @@ beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra
 - ``time_limit``: end early and honestly (validate, select, meta-test as if T were the epochs reached); ``--resume``
   continues such a run to its configured epochs (the early meta-test kept as ``results_epoch{N}.json``);
 - ``defer_test``: meta-train without loading meta-test (a time limit then only stops with a checkpoint); a later
-  ``--resume`` meta-tests the finished run. A finished run's checkpoint drops the method state (nothing is left to
-  train), so the last call carries little more than ``best.pt``;
+  ``--resume`` meta-tests the finished run. A finished run's checkpoint drops training buffers (memory banks, pseudo
+  data), so the last call carries little more than ``best.pt``;
 - one meta-test of the selected model at every K of ``shots``, written to ``results.json``.
 
 Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
@@ -93,6 +93,9 @@ class MetaTrainer:
     """Shared loop of a zoo-based meta-training method; subclasses write :meth:`train_epoch`."""
 
     method: ClassVar[str] = "meta"
+    keeps_final_state: ClassVar[bool] = False
+    """Whether a finished run's checkpoint keeps :meth:`extra_state` (an artefact, e.g. DRO's hyper-network) or drops
+    it (training buffers: memory banks, pseudo data; a finished run then moves between machines cheaply)."""
 
     def __init__(self, cfg: MetaTrainConfig, run: RunDir) -> None:
         from dfmeta.zoo import load_zoo
@@ -163,10 +166,11 @@ class MetaTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
-        """The checkpoint; a finished run's leaves out the method state (nothing is left to train)."""
+        """The checkpoint; a finished run's leaves out the method state unless ``keeps_final_state``."""
+        keep = self.epoch < self.cfg.epochs or self.keeps_final_state
         return {"epoch": self.epoch, "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "opt": self.opt.state_dict(), "best": self.best, "config": to_dict(self.cfg),
-                "extra": self.extra_state() if self.epoch < self.cfg.epochs else {}}
+                "extra": self.extra_state() if keep else {}}
 
     def save_checkpoint(self) -> None:
         atomic_torch_save(self.state(), self.run.path / "checkpoint.pt")
@@ -181,7 +185,7 @@ class MetaTrainer:
                 self.params[k].copy_(v.to(self.device))
         self.opt.load_state_dict(st["opt"])
         self.best, self.epoch = st["best"], st["epoch"]
-        if self.epoch < self.cfg.epochs:
+        if st["extra"]:  # a finished run's may have been left out
             self.load_extra_state(st["extra"])
         # metrics written after the checkpoint belong to epochs that will be run again
         lines = [m for m in self.run.metrics() if m.get("epoch", 0) <= self.epoch]
