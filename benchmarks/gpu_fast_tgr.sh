@@ -5,7 +5,8 @@
 #     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
 #     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
 #   then: bash benchmarks/gpu_fast_tgr.sh BUDGET_SECONDS   (the whole script; default 540)
-#   STEPS="1 2 2b 3 4" picks steps; VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS).
+#   STEPS="1 2 2b 3 4" picks steps; VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS);
+#   TRAIN_FLAGS="--rec-compile on ..." adds `dfmeta train` options to a new run of step 4.
 #   RESUME=path/to/run_dir (carried) continues that run in step 4 instead of starting one. The run directory comes
 #   back whole, checkpoint included, as $OUT/tgr_run.tar.gz.part-aa, -ab, ... (15 MiB pieces, the size limit of a
 #   returned file): `cat tgr_run.tar.gz.part-* | tar xz` restores it for a later RESUME.
@@ -86,7 +87,8 @@ if [ -n "${RESUME:-}" ]; then
   cp -r "$RESUME" "$RUNS/" && cmd=(--resume "$RUNS/$(basename "$RESUME")")
 else
   echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"
-  cmd=(--preset cifar-fs-1shot --zoo .carry/zoo --out-dir "$RUNS" --small-groups merge $FLAGS "${TRAIN[@]}")
+  cmd=(--preset cifar-fs-1shot --zoo .carry/zoo --out-dir "$RUNS" --small-groups merge $FLAGS "${TRAIN[@]}"
+       ${TRAIN_FLAGS:-})
 fi
 [ "${DEFER_TEST:-0}" = 1 ] && cmd+=(--defer-test) || cmd+=(--no-defer-test)
 start=$(date +%s)
