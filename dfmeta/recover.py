@@ -319,14 +319,18 @@ _COMPILED: dict[str, Callable] = {}
 
 def _compiled_step_loss() -> Callable:
     """:func:`_step_loss` under ``torch.compile`` (static shapes; one compilation per shape and setting, kept for the
-    process); if compiling fails, that is reported once and the eager function is used from then on."""
+    process, up to 64 of them); if compiling fails, that is reported once and the eager function is used from then
+    on."""
     if "fn" not in _COMPILED:
+        import torch._dynamo.config as dynamo_config
         compiled = torch.compile(_step_loss, dynamic=False)
+        limit = {"recompile_limit": 64} if hasattr(dynamo_config, "recompile_limit") else {}
 
         def call(*args):
             if _COMPILED["fn"] is call:
                 try:
-                    return compiled(*args)
+                    with dynamo_config.patch(**limit):  # teacher counts x precisions: more than the default 8
+                        return compiled(*args)
                 except Exception as e:  # noqa: BLE001 - a compiler failure must not stop the run
                     print(f"warning: torch.compile of the recovery step failed ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:160] if str(e) else ''}); running it eagerly", flush=True)
