@@ -155,6 +155,14 @@ def test_bad_input_before_compute(zoo, tmp_path):
         train(tiny(zoo, tmp_path, small_groups="error", groups=3, teachers_per_epoch=4))
 
 
+def test_recovery_settings_reach_the_recovery(zoo, tmp_path):
+    from dfmeta.meta.trainer import Trainer
+    from dfmeta.runs import RunDir
+    cfg = tiny(zoo, tmp_path, rec_augment=False, rec_bn_weight=0.5, rec_compile="on")
+    rc = Trainer(cfg, RunDir.new(str(tmp_path), "embedded", "tgr", 0, cfg)).recovery_config()
+    assert (rc.augment, rc.bn_weight, rc.compile, rc.steps, rc.nf) == (False, 0.5, "on", 2, 8)
+
+
 def test_presets_are_valid_configs():
     from dfmeta.commands.train import PRESETS
     for name, values in PRESETS.items():

@@ -69,6 +69,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Generator width nf (Table 7: 64); smaller is much cheaper on a CPU."""
     rec_bn_weight: float = 1.0
     """Weight of the BatchNorm-statistics term of the recovery loss."""
+    rec_augment: bool = True
+    """Random crop (zero padding 4) and flip between generator and teacher during recovery (the authors' code; the
+    paper states none). The generator then matches the BN statistics of the padded crops, not of the stored images."""
     rec_prefetch: int = 0
     """Recover the tasks of this many epochs in one batched computation (the same tasks: an epoch's teachers and
     seeds do not depend on training); 0: auto (8 on CUDA, 1 elsewhere)."""
@@ -151,7 +154,7 @@ class Trainer(MetaTrainer):
         from dfmeta.recover import RecoveryConfig
         c = self.cfg
         return RecoveryConfig(steps=c.rec_steps, lr=c.rec_lr, per_class=c.rec_per_class, nf=c.rec_nf,
-                              bn_weight=c.rec_bn_weight, **c.fast_recovery())
+                              bn_weight=c.rec_bn_weight, augment=c.rec_augment, **c.fast_recovery())
 
     def group(self) -> np.ndarray:
         """Task grouping (Eq. 5-7), cached in the run directory."""
