@@ -253,14 +253,16 @@ class MetaTrainer:
         if self.epoch < cfg.epochs:
             if self.epoch % cfg.val_every:
                 self.save_checkpoint()
-            print(f"stopped at epoch {self.epoch}/{cfg.epochs}; continue with: dfmeta "
-                  f"{'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}")
+            print(f"stopped at epoch {self.epoch}/{cfg.epochs}; continue with: {self.resume_command()}")
             return {"stopped_at": self.epoch}
         if cfg.defer_test:
-            print(f"meta-training finished; meta-test it with the test split present: dfmeta "
-                  f"{'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}")
+            print(f"meta-training finished; meta-test it with the test split present: {self.resume_command()}")
             return {"stopped_at": self.epoch, "meta_test": "deferred"}
         return self.meta_test()
+
+    def resume_command(self) -> str:
+        """The command line that continues this run."""
+        return f"dfmeta {'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}"
 
     def reopen(self, res: dict[str, Any]) -> None:
         """Continue a run that a time limit ended: its meta-test result then (of the model selected on meta-val so far;
