@@ -170,6 +170,11 @@ def test_registry_errors(tmp_path: Path) -> None:
         load_split("cifar-fs", "train", tmp_path / "missing")
     with pytest.raises(DfmetaError, match="cifar100/images .* or .*cifar-100-python.tar.gz"):
         load_split("fc100", "train", tmp_path)
+    from dfmeta.data.dataset import save_split_file
+    save_split_file(embedded_split("val", per_class=4, size=8), tmp_path / "prepared" / "cifar-fs" / "val.npz")
+    assert load_split("cifar-fs", "val", tmp_path).name  # the prepared split is served
+    with pytest.raises(DfmetaError, match=r"test\.npz: split 'test' not prepared .*--splits test.*no raw data"):
+        load_split("cifar-fs", "test", tmp_path)
 
 
 # ---------------------------------------------------------------- embedded

@@ -95,4 +95,10 @@ def load_split(dataset: str, split: str, root: str | os.PathLike | None = None, 
     prepared = root / "prepared" / dataset / f"{split}.npz"
     if prepared.is_file() and image_size is None:
         return load_split_file(prepared)
-    return DATASETS[dataset].read(root, split, image_size, use_cache)
+    try:
+        return DATASETS[dataset].read(root, split, image_size, use_cache)
+    except DfmetaError as e:
+        if prepared.parent.is_dir() and image_size is None:  # other splits were prepared, this one was not
+            raise DfmetaError(f"{prepared}: split {split!r} not prepared (`dfmeta data prepare --splits {split}`), "
+                              f"and no raw data: {e}") from e
+        raise
