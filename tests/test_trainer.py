@@ -143,6 +143,7 @@ def test_metrics_and_honest_selection(zoo, tmp_path):
 def test_bad_input_before_compute(zoo, tmp_path):
     with pytest.raises(DfmetaError, match="teachers_per_epoch"):
         train(tiny(zoo, tmp_path, teachers_per_epoch=50))
+    assert not any(tmp_path.iterdir())  # no empty run directory left behind
     with pytest.raises(DfmetaError, match="groups"):
         train(tiny(zoo, tmp_path, groups=50))
     with pytest.raises(DfmetaError, match="--ways"):

@@ -22,6 +22,7 @@ run continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,7 +310,13 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaTrainConfig, name: str
         read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
         run = RunDir.new(cfg.out_dir, cfg.dataset, name or trainer_cls.method, cfg.seed, cfg)
     print(f"run directory: {run.path}", flush=True)
-    return trainer_cls(cfg, run).fit()
+    try:
+        trainer = trainer_cls(cfg, run)
+    except DfmetaError:
+        if not cfg.resume and [f.name for f in run.path.iterdir()] == ["config.json"]:
+            shutil.rmtree(run.path)  # bad input caught before any work: leave no empty run directory behind
+        raise
+    return trainer.fit()
 
 
 __all__ = ["MetaTrainConfig", "MetaTrainer", "epoch_seed", "run_training"]
