@@ -9,8 +9,7 @@ Variants: precision (fp32 / bf16 autocast) x step execution (eager / CUDA graph)
 grouped, the last also in channels_last memory order, or compiled with torch.compile); CUDA-graph variants need
 CUDA. A compiled variant compiles in its untimed warm-up call (that time is printed under the table). Columns:
 seconds for the whole recovery (setup, all steps, final logits), ms per step, ms per teacher-step, and the gap to the
-reference: relative
-difference of the mean best recovery loss and the largest pixel difference of the recovered images (float-order
+reference: relative difference of the mean best recovery loss and the largest pixel difference of the recovered images (float-order
 effects grow over 200 Adam steps; the loss gap is the meaningful one). ``--json`` writes the fastest variant and
 prefetch (for `dfmeta train --rec-amp/--rec-graph/--rec-batching/--rec-channels-last/--rec-compile/
 --rec-prefetch`).
