@@ -67,6 +67,7 @@ def test_main_table_seeds_ci_paper_rows_and_sources(tmp_path) -> None:
     train_run(runs, "cifar-fs__tgr5__0__x", {1: (39.0, 0.5), 5: (56.5, 0.75)}, train_shot=5)
     eval_run(runs, "cifar-fs__finetune__0__x", "finetune", {1: (31.13, 0.63), 5: (43.14, 0.72)})
     train_run(runs, "cifar-fs__purer__0__x", {1: (37.0, 0.5)}, method="purer", zoo_size=0, adv_scale=1.0)
+    train_run(runs, "cifar-fs__maml-real__0__x", {1: (50.0, 0.7)}, method="maml-real", batches_per_epoch=8)
     text = build_report([str(runs)])
     main_t = table(text, "Main results")
     # 1-shot: two seeds meta-trained at K=1 (mean, mean CI, sd); 5-shot: the run meta-trained at K=5 only
@@ -83,6 +84,10 @@ def test_main_table_seeds_ci_paper_rows_and_sources(tmp_path) -> None:
     assert "`cifar-fs__finetune__0__x`: finetune evaluated on split test" in main_t
     assert re.search(r"\| PURER \| ours \| 37\.00 ± 0\.50 \[\d+\] \| — \|", main_t)
     assert "BiDf-MKD | *paper* (Wei et al., ICML 2024) | 37.66 | 51.16 |" in main_t  # reference rows without ours
+    # the data-based reference point is named as not data-free, below the paper's methods
+    rows = [line.split(" | ")[0] for line in main_t.splitlines() if line.startswith("| ")]
+    assert rows[-1] == "| MAML on real data (not data-free)" and re.search(
+        r"\| MAML on real data \(not data-free\) \| ours \| 50\.00 ± 0\.70 \[\d+\] \| — \|", main_t)
 
 
 def test_other_shot_runs_marked(tmp_path) -> None:

@@ -22,6 +22,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "multi-domain-1shot": dict(dataset="cifar-fs+omniglot", image_size=32, train_shot=1, epochs=1000),
     "multi-domain-5shot": dict(dataset="cifar-fs+omniglot", image_size=32, train_shot=5, epochs=1000),
 }
+# The settings of one architecture (a parameter-space or data-based method has no use for a mixed zoo).
+SINGLE_ARCH_SETTINGS = {name: values for name, values in SETTINGS.items() if not name.startswith("multi-arch")}
 # Ablations (Tables 4-6, 8), applied after a setting: `--preset cifar-fs-1shot vanilla`.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "vanilla": dict(grouping="off", igr="off"),

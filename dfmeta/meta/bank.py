@@ -23,6 +23,36 @@ class TaskLike(Protocol):
     teacher: int
 
 
+def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: torch.Generator,
+               source: str) -> tuple[Tensor, Tensor]:
+    """Draw ``n_tasks`` tasks of ``n_way`` distinct classes with ``need`` distinct images each, from a pool whose
+    class ``c`` owns ``counts[c]`` consecutive rows (classes in order). Returns the classes ``[T, N]`` and the pool
+    rows ``[T, N, need]``, drawn with ``generator`` on its device; ``source`` names the pool in errors."""
+    eligible = torch.nonzero(counts >= need).flatten()
+    if len(eligible) < n_way:
+        raise DfmetaError(f"{source}: {n_way}-way tasks need {n_way} classes with >= K + Q = {need} images, "
+                          f"{len(eligible)} have that many")
+    max_count = int(counts[eligible].max())
+    dev = generator.device
+    starts = (torch.cumsum(counts, 0) - counts).to(dev)
+    counts_d, eligible = counts.to(dev), eligible.to(dev)
+    pick = torch.rand(n_tasks, len(eligible), generator=generator, device=dev).argsort(1)[:, :n_way]
+    cls = eligible[pick]                                                            # [T, N]
+    keys = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
+    keys.masked_fill_(torch.arange(keys.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
+    return cls, starts[cls].unsqueeze(-1) + keys.argsort(-1)[..., :need]
+
+
+def split_tasks(x: Tensor, k_shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Images ``[T, N, K+Q, ...]`` (class-major) to support ``[T, N*K, ...]`` with labels ``[T, N*K]`` and query
+    ``[T, N*Q, ...]`` with labels ``[T, N*Q]``; labels are the class position ``0..N-1``."""
+    n_tasks, n_way, need = x.shape[:3]
+    y = torch.arange(n_way, device=x.device).view(1, n_way, 1).expand(n_tasks, n_way, need)
+    shape = x.shape[3:]
+    return (x[:, :, :k_shot].reshape(n_tasks, n_way * k_shot, *shape), y[:, :, :k_shot].reshape(n_tasks, -1),
+            x[:, :, k_shot:].reshape(n_tasks, -1, *shape), y[:, :, k_shot:].reshape(n_tasks, -1))
+
+
 class MemoryBank:
     """FIFO bank of recovered tasks (images ``[n, C, H, W]`` in [0, 1] kept on their device, labels, teacher)."""
 
@@ -87,27 +117,10 @@ class MemoryBank:
             raise DfmetaError(f"memory bank: n_tasks, n_way, k_shot, n_query must be >= 1, got "
                               f"{n_tasks}, {n_way}, {k_shot}, {n_query}")
         images, order, counts, classes = self._build()
-        need = k_shot + n_query
-        eligible = torch.nonzero(counts >= need).flatten()
-        if len(eligible) < n_way:
-            raise DfmetaError(f"memory bank: {n_way}-way tasks need {n_way} classes with >= K + Q = {need} images, "
-                              f"the bank has {len(eligible)} (of {len(classes)} classes in {len(self)} tasks)")
-        max_count = int(counts[eligible].max())
-        dev = generator.device
-        starts = (torch.cumsum(counts, 0) - counts).to(dev)
-        counts_d, eligible = counts.to(dev), eligible.to(dev)
-        pick = torch.rand(n_tasks, len(eligible), generator=generator, device=dev).argsort(1)[:, :n_way]
-        cls = eligible[pick]                                                            # [T, N]
-        keys = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
-        keys.masked_fill_(torch.arange(keys.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
-        rows = starts[cls].unsqueeze(-1) + keys.argsort(-1)[..., :need]                  # [T, N, K+Q]
+        _, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator,
+                               f"memory bank ({len(classes)} classes in {len(self)} tasks)")
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
-        y = torch.arange(n_way, device=images.device).view(1, n_way, 1).expand(n_tasks, n_way, need)
-        shape = images.shape[1:]
-        return (x[:, :, :k_shot].reshape(n_tasks, n_way * k_shot, *shape),
-                y[:, :, :k_shot].reshape(n_tasks, -1),
-                x[:, :, k_shot:].reshape(n_tasks, n_way * n_query, *shape),
-                y[:, :, k_shot:].reshape(n_tasks, -1))
+        return split_tasks(x, k_shot)
 
     def state_dict(self) -> dict[str, Any]:
         """Capacity and the stored tasks, oldest first (tensors as stored)."""

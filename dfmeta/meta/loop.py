@@ -1,4 +1,4 @@
-"""The meta-training loop every zoo-based method shares (TGR and the inversion and fusion baselines).
+"""The meta-training loop every method shares (TGR, the inversion and fusion baselines, MAML on real data).
 
 A method subclasses :class:`MetaTrainer` and writes :meth:`MetaTrainer.train_epoch` (and, if it keeps state
 beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra_state`). The loop gives it:
@@ -41,13 +41,9 @@ from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device,
 
 
 @dataclass(frozen=True)
-class MetaTrainConfig(DataConfig, EvalFields):
-    """Fields every zoo-based meta-training method shares."""
+class MetaLoopConfig(DataConfig, EvalFields):
+    """Fields of every meta-training run on the shared loop (a zoo-based method adds the zoo: MetaTrainConfig)."""
 
-    zoo: str = ""
-    """Teacher zoo directory (dfmeta format; `dfmeta zoo import` converts the authors')."""
-    zoo_size: int = 0
-    """Use a seeded random subset of this many teachers (0: the whole zoo; the paper's Fig. 6)."""
     arch: str = "conv4"
     """Meta-model architecture."""
     image_size: int = 0
@@ -78,9 +74,22 @@ class MetaTrainConfig(DataConfig, EvalFields):
         require([
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.val_every >= 1, "val_every", ">= 1"),
-            (self.zoo_size >= 0, "zoo_size", ">= 0"),
             (self.train_shot >= 1, "train_shot", ">= 1"),
         ])
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig(MetaLoopConfig):
+    """Fields every zoo-based meta-training method shares."""
+
+    zoo: str = ""
+    """Teacher zoo directory (dfmeta format; `dfmeta zoo import` converts the authors')."""
+    zoo_size: int = 0
+    """Use a seeded random subset of this many teachers (0: the whole zoo; the paper's Fig. 6)."""
+
+    def validate(self) -> None:
+        MetaLoopConfig.validate(self)
+        require([(self.zoo_size >= 0, "zoo_size", ">= 0")])
         if not self.zoo and not self.resume:
             raise DfmetaError("field 'zoo': a teacher zoo directory is required (`dfmeta zoo build` or `zoo import`)")
 
@@ -98,29 +107,23 @@ class MetaTrainer:
     """Whether a finished run's checkpoint keeps :meth:`extra_state` (an artefact, e.g. DRO's hyper-network) or drops
     it (training buffers: memory banks, pseudo data; a finished run then moves between machines cheaply)."""
 
-    def __init__(self, cfg: MetaTrainConfig, run: RunDir) -> None:
-        from dfmeta.zoo import load_zoo
-
+    def __init__(self, cfg: MetaLoopConfig, run: RunDir) -> None:
         self.cfg, self.run = cfg, run
         self.device = resolve_device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         seed_everything(cfg.seed)
         set_threads(cfg.threads)
-        self.zoo = load_zoo(cfg.zoo)
-        if cfg.zoo_size:
-            if cfg.zoo_size > len(self.zoo):
-                raise DfmetaError(f"field 'zoo_size': {cfg.zoo_size} teachers asked, the zoo has {len(self.zoo)}")
-            keep = np.random.default_rng([cfg.seed, 11]).choice(len(self.zoo), cfg.zoo_size, replace=False)
-            self.zoo.teachers = [self.zoo.teachers[i] for i in sorted(keep.tolist())]
-        self._check_zoo()
-        self.check()
-        missing = sorted(set(dataset_names(cfg.dataset)) - {t.dataset for t in self.zoo.teachers})
-        if len(dataset_names(cfg.dataset)) > 1 and missing:
-            print(f"warning: no teacher of the zoo comes from {', '.join(missing)} (the multi-domain scenario "
-                  f"expects teachers of every dataset in {cfg.dataset!r}; `dfmeta zoo merge` joins zoos)", flush=True)
         size = cfg.image_size or None
-        self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size, self.channels)
+        if isinstance(cfg, MetaTrainConfig):
+            self._load_zoo(cfg)
+            self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size, self.channels)
+        else:  # a data-based method: the image format comes from the data, the way count from --ways
+            self.zoo = None
+            self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size)
+            self.image_size, self.channels, self.n_way = self.val_splits[0].image_size, self.val_splits[0].channels, \
+                cfg.ways
+            self.check()
         for s in self.val_splits:
             if s.image_size != self.image_size:
                 raise DfmetaError(f"{cfg.zoo}: the zoo's teachers take {self.image_size}px images, dataset "
@@ -153,6 +156,22 @@ class MetaTrainer:
         """Restore :meth:`extra_state`."""
 
     # ------------------------------------------------------------------ checks
+    def _load_zoo(self, cfg: MetaTrainConfig) -> None:
+        """Load the zoo (or its seeded ``zoo_size`` subset), check it, then the method's checks."""
+        from dfmeta.zoo import load_zoo
+        self.zoo = load_zoo(cfg.zoo)
+        if cfg.zoo_size:
+            if cfg.zoo_size > len(self.zoo):
+                raise DfmetaError(f"field 'zoo_size': {cfg.zoo_size} teachers asked, the zoo has {len(self.zoo)}")
+            keep = np.random.default_rng([cfg.seed, 11]).choice(len(self.zoo), cfg.zoo_size, replace=False)
+            self.zoo.teachers = [self.zoo.teachers[i] for i in sorted(keep.tolist())]
+        self._check_zoo()
+        self.check()
+        missing = sorted(set(dataset_names(cfg.dataset)) - {t.dataset for t in self.zoo.teachers})
+        if len(dataset_names(cfg.dataset)) > 1 and missing:
+            print(f"warning: no teacher of the zoo comes from {', '.join(missing)} (the multi-domain scenario "
+                  f"expects teachers of every dataset in {cfg.dataset!r}; `dfmeta zoo merge` joins zoos)", flush=True)
+
     def _check_zoo(self) -> None:
         cfg, zoo = self.cfg, self.zoo
         t0 = zoo[0]
@@ -294,7 +313,7 @@ class MetaTrainer:
         return out
 
 
-def run_training(trainer_cls: type[MetaTrainer], cfg: MetaTrainConfig, name: str | None = None) -> dict[str, Any]:
+def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str | None = None) -> dict[str, Any]:
     """Run (or, with ``cfg.resume``, continue) one meta-training with ``trainer_cls``; returns the results."""
     if cfg.resume:
         path = Path(cfg.resume)
@@ -306,8 +325,9 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaTrainConfig, name: str
         cfg = make(type(cfg), stored)
         run = RunDir(path)
     else:
-        from dfmeta.zoo.format import read_manifest
-        read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
+        if isinstance(cfg, MetaTrainConfig):
+            from dfmeta.zoo.format import read_manifest
+            read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
         run = RunDir.new(cfg.out_dir, cfg.dataset, name or trainer_cls.method, cfg.seed, cfg)
     print(f"run directory: {run.path}", flush=True)
     try:
@@ -319,4 +339,4 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaTrainConfig, name: str
     return trainer.fit()
 
 
-__all__ = ["MetaTrainConfig", "MetaTrainer", "epoch_seed", "run_training"]
+__all__ = ["MetaLoopConfig", "MetaTrainConfig", "MetaTrainer", "epoch_seed", "run_training"]

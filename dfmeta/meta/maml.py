@@ -11,7 +11,7 @@ the returned loss and gradients flow through the inner steps (the model then run
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,6 @@ from torch.func import grad, vmap
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.loss import kd_loss, second_order_model
 from dfmeta.nets import fcall
-
-if TYPE_CHECKING:
-    from dfmeta.meta.bank import MemoryBank
 
 Params = dict[str, Tensor]
 
@@ -77,6 +74,13 @@ def maml_loss(model: nn.Module, params: Params, xs: Tensor, ys: Tensor, xq: Tens
     return losses.sum(), accs.mean().detach()
 
 
+class TaskSource(Protocol):
+    """Where replay draws its meta-batches: the memory bank, or real images (:class:`dfmeta.meta.real_maml.RealTasks`)."""
+
+    def sample_tasks(self, n_tasks: int, n_way: int, k_shot: int, n_query: int,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]: ...
+
+
 MetaStep = Callable[..., Sequence[Tensor]]
 """``step(xs, ys, xq, yq) -> (loss, accuracy, *gradients in the parameters' order)`` of one meta-batch."""
 
@@ -93,7 +97,7 @@ def meta_gradients(model: nn.Module, params: Params, inner_lr: float, inner_step
     return step
 
 
-def replay(model: nn.Module, params: Params, opt: torch.optim.Optimizer, bank: "MemoryBank", seed: int, *,
+def replay(model: nn.Module, params: Params, opt: torch.optim.Optimizer, bank: TaskSource, seed: int, *,
            n_tasks: int, n_way: int, k_shot: int, n_query: int, inner_lr: float, inner_steps: int, first_order: bool,
            patience: int, max_batches: int, step: MetaStep | None = None) -> dict[str, float]:
     """Cross-task replay: MAML meta-batches of ``n_tasks`` interpolated tasks from ``bank`` (drawn with a generator

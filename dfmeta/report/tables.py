@@ -21,7 +21,8 @@ from dfmeta.report.collect import ABLATION_DEFAULTS, Run
 DATASET_NAMES = {"cifar-fs": "CIFAR-FS", "miniimagenet": "miniImageNet", "cub": "CUB", "fc100": "FC100",
                  "omniglot": "Omniglot"}
 METHOD_NAMES = {"finetune": "Finetune", "best-model": "Best-Model", "average": "Average", "ota": "OTA", "dro": "DRO",
-                "purer": "PURER", "bidf-mkd": "BiDf-MKD", "tgr": "TGR"}
+                "purer": "PURER", "bidf-mkd": "BiDf-MKD", "tgr": "TGR",
+                "maml-real": "MAML on real data (not data-free)"}
 # Config fields that do not change what a run measures (machine, paths, stopping and resuming).
 IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "resume", "run_dir", "stop_after",
            "time_limit", "episode_batch", "shots"}
