@@ -37,7 +37,7 @@ exec > >(tee "$OUT/log.txt") 2>&1
 if [ "${DRY:-0}" = 1 ]; then
   BENCH=(--steps 3 --per-class 4 --nf 16 --prefetch 1 2)
   ZOO=(--teachers 2 --epochs 1 --max-sequential 1)
-  TRAIN=(--rec-steps 2 --rec-per-class 2 --rec-nf 8 --val-every 2 --val-episodes 5 --episodes 5 --zoo-size 12
+  TRAIN=(--rec-steps 2 --rec-per-class 2 --replay-queries 1 --rec-nf 8 --val-every 2 --val-episodes 5 --episodes 5 --zoo-size 12
          --meta-batch 2 --replay-max-batches 1 --fisher-samples 4)
   MARGIN=${MARGIN:-30}
 else

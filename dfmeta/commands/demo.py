@@ -13,6 +13,7 @@ from dfmeta.baselines import BASELINES, BaselineInput
 from dfmeta.cli import Command
 from dfmeta.commands.evaluate import evaluate_init
 from dfmeta.commands.common import EvalFields
+from dfmeta.config import make, require
 from dfmeta.data.registry import load_split
 from dfmeta.meta.trainer import TrainConfig, Trainer
 from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
@@ -53,6 +54,28 @@ class DemoConfig(EvalFields):
     val_every: int = 10
     """Validate TGR every this many epochs."""
 
+    def validate(self) -> None:
+        require([
+            (self.teachers >= self.teachers_per_epoch, "teachers", f">= teachers_per_epoch ({self.teachers_per_epoch})"),
+            (self.groups <= self.teachers, "groups", f"<= teachers ({self.teachers})"),
+            (self.teacher_epochs >= 1, "teacher_epochs", ">= 1"),
+            (self.rec_per_class >= 2, "rec_per_class", ">= 2 (a 1-shot replay task takes one support and one query "
+                                                       "image per class)"),
+        ])
+        self.tgr_config("zoo", "runs")  # TGR's own checks, before the zoo is built
+
+    def tgr_config(self, zoo: str, out_dir: str) -> TrainConfig:
+        """The TGR run of the demo (validated)."""
+        return make(TrainConfig, dict(
+            dataset="embedded", seed=self.seed, device=self.device, threads=self.threads, out_dir=out_dir, zoo=zoo,
+            epochs=self.epochs, groups=self.groups, teachers_per_epoch=self.teachers_per_epoch,
+            rec_steps=self.rec_steps, rec_per_class=self.rec_per_class, rec_nf=self.rec_nf,
+            image_size=self.image_size, val_every=self.val_every, val_episodes=self.episodes, episodes=self.episodes,
+            shots=self.shots, ways=self.ways, queries=self.queries, eval_steps=self.eval_steps, eval_lr=self.eval_lr,
+            episode_batch=self.episode_batch, episode_seed=self.episode_seed, replay_max_batches=2, meta_batch=4,
+            fisher_samples=10, small_groups="merge",
+            replay_queries=self.rec_per_class - 1))  # 1-shot replay tasks from the recovered images alone
+
 
 def run_demo(cfg: DemoConfig) -> None:
     from dfmeta.zoo import load_zoo
@@ -77,15 +100,7 @@ def run_demo(cfg: DemoConfig) -> None:
         inp = BaselineInput("conv4", cfg.ways, test.image_size, test.channels, cfg.seed, zoo, device)
         rows[method] = evaluate_init(BASELINES[method](inp), cfg, [test], device, run, method)
     print(f"[3/3] TGR: {cfg.epochs} epochs, m = {cfg.teachers_per_epoch}, c = {cfg.groups}")
-    tcfg = TrainConfig(dataset="embedded", seed=cfg.seed, device=cfg.device, threads=cfg.threads,
-                       out_dir=str(run.path),
-                       zoo=str(run.path / "zoo"), epochs=cfg.epochs, groups=cfg.groups,
-                       teachers_per_epoch=cfg.teachers_per_epoch, rec_steps=cfg.rec_steps,
-                       rec_per_class=cfg.rec_per_class, rec_nf=cfg.rec_nf, image_size=cfg.image_size, val_every=cfg.val_every, val_episodes=cfg.episodes,
-                       episodes=cfg.episodes, shots=cfg.shots, ways=cfg.ways, queries=cfg.queries,
-                       eval_steps=cfg.eval_steps, eval_lr=cfg.eval_lr, episode_batch=cfg.episode_batch,
-                       episode_seed=cfg.episode_seed, replay_max_batches=2, meta_batch=4, fisher_samples=10,
-                       small_groups="merge")
+    tcfg = cfg.tgr_config(str(run.path / "zoo"), str(run.path))
     res = Trainer(tcfg, RunDir(run.path / "tgr", tcfg)).fit()
     rows["tgr"] = {int(k): v for k, v in res["test"].items()}
     lines = ["| method | " + " | ".join(f"{cfg.ways}-way {k}-shot" for k in cfg.shots) + " |",

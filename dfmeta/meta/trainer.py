@@ -106,6 +106,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
             (self.rec_prefetch >= 0, "rec_prefetch", ">= 0"),
             (self.replay_max_batches >= 0, "replay_max_batches", ">= 0 (0: no cap)"),
             (self.replay_patience >= 1, "replay_patience", ">= 1"),
+            (not self.replay or self.rec_per_class >= self.train_shot + self.replay_queries, "rec_per_class",
+             f">= train_shot + replay_queries = {self.train_shot + self.replay_queries} (a replay task takes that many "
+             f"images of a recovered class; or lower --replay-queries)"),
         ])
 
 
