@@ -6,6 +6,8 @@
 #     dfmeta data prepare --dataset cifar-fs --splits test --out .carry/data
 #     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
 #     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
+#   for maml-real (MAML on the real meta-train images, the reference point) also a train split that fits the carry:
+#     dfmeta data prepare --dataset cifar-fs --splits train --max-per-class 120 --out .carry/data   (about 20 MiB)
 #   then: bash benchmarks/gpu_paper_rows.sh SECONDS_PER_METHOD [METHOD ...]   (default 90 s; tgr purer bidf-mkd dro)
 # A time-limited run can be continued later with `--resume RUN_DIR`: the run directories come back whole (checkpoints
 # included) as $OUT/runs.tar.gz.part-aa, -ab, ... (15 MiB pieces); `cat runs.tar.gz.part-* | tar xz` restores them.
@@ -23,9 +25,13 @@ exec > >(tee "$OUT/log.txt") 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 for m in $METHODS; do
   echo "== $m, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of meta-training"
-  if [ "$m" = tgr ]; then cmd=(train --small-groups merge); else cmd=(baseline "$m"); fi
+  case "$m" in
+    tgr) cmd=(train --small-groups merge --zoo .carry/zoo) ;;
+    maml-real) cmd=(baseline maml-real) ;;  # no zoo: the real meta-train split (.carry/data/.../train.npz)
+    *) cmd=(baseline "$m" --zoo .carry/zoo) ;;
+  esac
   # shellcheck disable=SC2086
-  timeout $((LIMIT + 150)) python -m dfmeta.cli "${cmd[@]}" --preset cifar-fs-1shot --zoo .carry/zoo --device "$DEVICE" \
+  timeout $((LIMIT + 150)) python -m dfmeta.cli "${cmd[@]}" --preset cifar-fs-1shot --device "$DEVICE" \
     --out-dir "$RUNS" --time-limit "$LIMIT" ${EXTRA:-} || echo "!! $m failed (rc $?)"
 done
 python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
