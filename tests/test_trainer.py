@@ -154,6 +154,11 @@ def test_bad_input_before_compute(zoo, tmp_path):
         make(TrainConfig, {"zoo": "x", "no_such_field": 1})
     with pytest.raises(DfmetaError, match="fewer than m"):
         train(tiny(zoo, tmp_path, small_groups="error", groups=3, teachers_per_epoch=4))
+    # a replay task takes train_shot + replay_queries images of one recovered class
+    with pytest.raises(DfmetaError, match="'rec_per_class'.*train_shot \\+ replay_queries = 16"):
+        make(TrainConfig, {"zoo": "z", "rec_per_class": 10})
+    assert make(TrainConfig, {"zoo": "z", "rec_per_class": 10, "replay": False}).rec_per_class == 10
+    assert make(TrainConfig, {"zoo": "z", "train_shot": 5}).rec_per_class == 30  # the paper's 5-shot setting fits
 
 
 def test_recovery_settings_reach_the_recovery(zoo, tmp_path):
