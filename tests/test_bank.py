@@ -61,6 +61,31 @@ def test_sample_shapes_labels_and_classes():
     assert len(set(cls_s.flatten().tolist())) == 20                                # every class gets drawn
 
 
+def test_within_teacher_tasks():
+    bank = MemoryBank(mix="within")
+    for t in (0, 1, 2):
+        bank.add(task(t))
+    bank.add(task(3, n_way=3))                                                     # cannot make a 5-way task alone
+    xs, ys, xq, yq = bank.sample_tasks(60, 5, 2, 2, gen())
+    te_s, lab_s, id_s = decode(xs)
+    te_q, _, id_q = decode(xq)
+    teachers = torch.cat([te_s, te_q], 1)
+    assert bool((teachers == teachers[:, :1]).all())                              # one teacher per task
+    assert set(teachers[:, 0].tolist()) == {0, 1, 2}                              # every able teacher drawn
+    assert all(sorted(set(r.tolist())) == list(range(5)) for r in lab_s)          # its 5 classes, in some order
+    assert len({tuple(r.tolist()) for r in lab_s.view(60, 5, 2)[..., 0]}) > 1      # labels permuted across tasks
+    assert all(len(set(r.tolist())) == 20 for r in torch.cat([id_s, id_q], 1))     # no image used twice
+    again = bank.sample_tasks(60, 5, 2, 2, gen())
+    assert torch.equal(again[0], xs) and torch.equal(again[2], xq)
+    small = MemoryBank(mix="within")
+    small.add(task(0, n_way=3))
+    small.add(task(1, n_way=3))
+    with pytest.raises(DfmetaError, match="from one teacher"):
+        small.sample_tasks(1, 5, 1, 1, gen())                                     # 6 classes, no teacher has 5
+    with pytest.raises(DfmetaError, match="mix"):
+        MemoryBank(mix="sideways")
+
+
 def test_same_teacher_class_is_one_class():
     bank = MemoryBank()
     bank.add(task(7, n_way=2, per_class=3))

@@ -24,10 +24,12 @@ class TaskLike(Protocol):
 
 
 def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: torch.Generator,
-               source: str) -> tuple[Tensor, Tensor]:
+               source: str, blocks: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Draw ``n_tasks`` tasks of ``n_way`` distinct classes with ``need`` distinct images each, from a pool whose
-    class ``c`` owns ``counts[c]`` consecutive rows (classes in order). Returns the classes ``[T, N]`` and the pool
-    rows ``[T, N, need]``, drawn with ``generator`` on its device; ``source`` names the pool in errors."""
+    class ``c`` owns ``counts[c]`` consecutive rows (classes in order). With ``blocks`` (a block id per class, e.g.
+    its teacher) all classes of a task come from one block, drawn uniformly among the blocks that can supply them.
+    Returns the classes ``[T, N]`` and the pool rows ``[T, N, need]``, drawn with ``generator`` on its device;
+    ``source`` names the pool in errors."""
     eligible = torch.nonzero(counts >= need).flatten()
     if len(eligible) < n_way:
         raise DfmetaError(f"{source}: {n_way}-way tasks need {n_way} classes with >= K + Q = {need} images, "
@@ -36,11 +38,19 @@ def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: t
     dev = generator.device
     starts = (torch.cumsum(counts, 0) - counts).to(dev)
     counts_d, eligible = counts.to(dev), eligible.to(dev)
-    pick = torch.rand(n_tasks, len(eligible), generator=generator, device=dev).argsort(1)[:, :n_way]
-    cls = eligible[pick]                                                            # [T, N]
-    keys = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
-    keys.masked_fill_(torch.arange(keys.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
-    return cls, starts[cls].unsqueeze(-1) + keys.argsort(-1)[..., :need]
+    keys = torch.rand(n_tasks, len(eligible), generator=generator, device=dev)
+    if blocks is not None:
+        block = blocks.to(dev)[eligible]                                            # block of each eligible class
+        full = torch.nonzero(torch.bincount(block) >= n_way).flatten()
+        if len(full) == 0:
+            raise DfmetaError(f"{source}: {n_way}-way tasks from one teacher need a teacher with {n_way} classes of "
+                              f">= K + Q = {need} images; none has")
+        chosen = full[torch.randint(len(full), (n_tasks,), generator=generator, device=dev)]
+        keys.masked_fill_(block != chosen.unsqueeze(1), 2.0)
+    cls = eligible[keys.argsort(1)[:, :n_way]]                                      # [T, N]
+    rows = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
+    rows.masked_fill_(torch.arange(rows.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
+    return cls, starts[cls].unsqueeze(-1) + rows.argsort(-1)[..., :need]
 
 
 def split_tasks(x: Tensor, k_shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -54,12 +64,18 @@ def split_tasks(x: Tensor, k_shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class MemoryBank:
-    """FIFO bank of recovered tasks (images ``[n, C, H, W]`` in [0, 1] kept on their device, labels, teacher)."""
+    """FIFO bank of recovered tasks (images ``[n, C, H, W]`` in [0, 1] kept on their device, labels, teacher).
 
-    def __init__(self, capacity: int = 20) -> None:
+    ``mix``: interpolated tasks draw their classes ``across`` all stored tasks (the paper), or ``within`` one
+    teacher's classes (an ablation: no task mixes the images of two teachers' generators).
+    """
+
+    def __init__(self, capacity: int = 20, mix: str = "across") -> None:
         if capacity < 1:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
+        if mix not in ("across", "within"):
+            raise DfmetaError(f"memory bank: mix must be 'across' or 'within', got {mix!r}")
+        self.capacity, self.mix = capacity, mix
         self._tasks: list[dict[str, Any]] = []
         self._pool: tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]] | None = None
 
@@ -108,7 +124,7 @@ class MemoryBank:
 
     def sample_tasks(self, n_tasks: int, n_way: int, k_shot: int, n_query: int,
                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Interpolated tasks: each draws ``n_way`` distinct classes across all stored tasks, then ``k_shot`` support and
+        """Interpolated tasks: each draws ``n_way`` distinct classes (see ``mix``), then ``k_shot`` support and
         ``n_query`` query images of each (without replacement). Returns xs ``[T, N*K, C, H, W]``, ys ``[T, N*K]``,
         xq ``[T, N*Q, C, H, W]``, yq ``[T, N*Q]`` (images in [0, 1], grouped by class; labels 0..N-1). Random draws use
         ``generator`` on its device, the gather happens on the images' device; deterministic given the generator.
@@ -117,8 +133,9 @@ class MemoryBank:
             raise DfmetaError(f"memory bank: n_tasks, n_way, k_shot, n_query must be >= 1, got "
                               f"{n_tasks}, {n_way}, {k_shot}, {n_query}")
         images, order, counts, classes = self._build()
+        blocks = torch.tensor([te for te, _ in classes]) if self.mix == "within" else None
         _, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator,
-                               f"memory bank ({len(classes)} classes in {len(self)} tasks)")
+                             f"memory bank ({len(classes)} classes in {len(self)} tasks)", blocks)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
         return split_tasks(x, k_shot)
 

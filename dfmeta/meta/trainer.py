@@ -79,6 +79,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Cross-task replay with MAML over the memory bank."""
     bank_size: int = 20
     """Memory bank capacity (recovered tasks)."""
+    replay_mix: Literal["across", "within"] = "across"
+    """Replay tasks recombine classes across the stored tasks (the paper's interpolated tasks) or take all their
+    classes from one teacher (an ablation: no task holds images of two teachers' generators)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
@@ -121,7 +124,7 @@ class Trainer(MetaTrainer):
     def __init__(self, cfg: TrainConfig, run) -> None:
         from dfmeta.meta.bank import MemoryBank
         super().__init__(cfg, run)
-        self.bank = MemoryBank(cfg.bank_size)
+        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix)
         self.groups: np.ndarray | None = None
         self.prefetched: dict[int, list] = {}  # epoch -> its recovered tasks (see rec_prefetch)
         self.replay_step = None  # the MAML meta-batch step, graphed on CUDA (made once: fixed parameter tensors)
