@@ -164,9 +164,11 @@ def test_bad_input_before_compute(zoo, tmp_path):
 def test_recovery_settings_reach_the_recovery(zoo, tmp_path):
     from dfmeta.meta.trainer import Trainer
     from dfmeta.runs import RunDir
-    cfg = tiny(zoo, tmp_path, rec_augment=False, rec_bn_weight=0.5, rec_compile="on")
-    rc = Trainer(cfg, RunDir.new(str(tmp_path), "embedded", "tgr", 0, cfg)).recovery_config()
+    cfg = tiny(zoo, tmp_path, rec_augment=False, rec_bn_weight=0.5, rec_compile="on", replay_mix="within")
+    trainer = Trainer(cfg, RunDir.new(str(tmp_path), "embedded", "tgr", 0, cfg))
+    rc = trainer.recovery_config()
     assert (rc.augment, rc.bn_weight, rc.compile, rc.steps, rc.nf) == (False, 0.5, "on", 2, 8)
+    assert trainer.bank.mix == "within"
 
 
 def test_presets_are_valid_configs():
