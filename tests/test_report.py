@@ -257,3 +257,15 @@ def test_cli(tmp_path, capsys) -> None:
     assert main(["report"]) == 2
     assert "field 'runs'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "r.txt")]) == 2
+
+
+def test_a_field_a_run_predates_counts_as_its_default(tmp_path) -> None:
+    """A run written before a config field existed had that field's default: it shares a cell with a newer run
+    that states the default, and only a run that sets another value gets a row of its own."""
+    train_run(tmp_path, "cifar-fs__tgr__0__old", {1: (40.0, 0.6)})                       # no replay_mix field
+    train_run(tmp_path, "cifar-fs__tgr__1__new", {1: (42.0, 0.8)}, seed=1, replay_mix="across")
+    train_run(tmp_path, "cifar-fs__tgr__0__within", {1: (45.0, 0.7)}, replay_mix="within")
+    main_t = table(build_report([str(tmp_path)]), "Main results")
+    assert re.search(r"\| TGR \[replay_mix=across\] \| ours \| 41\.00 ± 0\.70 \(n=2, sd 1\.41\) \[\d+\] \|", main_t)
+    assert re.search(r"\| TGR \[replay_mix=within\] \| ours \| 45\.00 ± 0\.70 \[\d+\] \|", main_t)
+    assert "None" not in main_t

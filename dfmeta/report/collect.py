@@ -192,6 +192,23 @@ def zoo_archs(config: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
     return tuple(str(m.get("arch", "?")) for m in models), ""
 
 
+def config_defaults(method: str) -> dict[str, Any]:
+    """The default config of a meta-training method (empty for an unknown one)."""
+    import dataclasses
+    from dfmeta.meta.bidf_mkd import BiDfMKDConfig
+    from dfmeta.meta.dro import DROConfig
+    from dfmeta.meta.purer import PurerConfig
+    from dfmeta.meta.real_maml import RealMAMLConfig
+    from dfmeta.meta.trainer import TrainConfig
+    classes = {"tgr": TrainConfig, "vanilla": TrainConfig, "purer": PurerConfig, "bidf-mkd": BiDfMKDConfig,
+               "dro": DROConfig, "maml-real": RealMAMLConfig}
+    cls = classes.get(method)
+    if cls is None:
+        return {}
+    return json.loads(json.dumps({f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)
+                                  if f.default is not dataclasses.MISSING}, default=str))
+
+
 def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     """Parse one run directory (config.json unless given, results.json or analysis.json, metrics.jsonl)."""
     config = read_object(path / "config.json") if config is None else config
@@ -210,6 +227,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     else:
         kind = "train" if "val_every" in config else "evaluate" if "split" in config else "analysis"
     run = Run(path, kind, config, results, analysis, read_metrics(path / "metrics.jsonl"))
+    if kind == "train":  # a run older than a config field had that field's default
+        run.config = {**config_defaults(run.method), **config}
     run.archs, run.zoo_note = zoo_archs(config)
     if run.kind != "analysis":
         for k, res in run._by_shot().items():
