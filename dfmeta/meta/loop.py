@@ -118,16 +118,16 @@ class MetaTrainer:
         if isinstance(cfg, MetaTrainConfig):
             self._load_zoo(cfg)
             self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size, self.channels)
-        else:  # a data-based method: the image format comes from the data, the way count from --ways
+            for s in self.val_splits:
+                if s.image_size != self.image_size:
+                    raise DfmetaError(f"{cfg.zoo}: the zoo's teachers take {self.image_size}px images, dataset "
+                                      f"{s.name} has {s.image_size}px images (set --image-size {self.image_size})")
+        else:  # a data-based method: the image format comes from the data (one size), the way count from --ways
             self.zoo = None
             self.val_splits = load_domains(cfg.dataset, "val", cfg.data_root, size)
             self.image_size, self.channels, self.n_way = self.val_splits[0].image_size, self.val_splits[0].channels, \
                 cfg.ways
             self.check()
-        for s in self.val_splits:
-            if s.image_size != self.image_size:
-                raise DfmetaError(f"{cfg.zoo}: the zoo's teachers take {self.image_size}px images, dataset "
-                                  f"{s.name} has {s.image_size}px images (set --image-size {self.image_size})")
         self.test_splits = [] if cfg.defer_test else load_domains(cfg.dataset, "test", cfg.data_root, size,
                                                                   self.channels)
         self.model = build(cfg.arch, self.n_way, self.image_size, self.channels, bn="batch").to(self.device)
