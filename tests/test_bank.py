@@ -86,6 +86,39 @@ def test_within_teacher_tasks():
         MemoryBank(mix="sideways")
 
 
+def test_pooled_classes_join_teachers_of_one_dataset_class():
+    """pooled: a class is a dataset class; two teachers that recovered 'b' make one class holding both teachers'
+    images (the authors' per-class pool), while across keeps them apart."""
+    names = {0: ["a", "b", "c"], 1: ["b", "d", "e"], 2: ["f", "g", "h"]}
+    tasks = [task(t, n_way=3, per_class=5) for t in (0, 1, 2)]
+    across, pooled = MemoryBank(), MemoryBank(mix="pooled")
+    for t in tasks:
+        across.add(t, names[t.teacher])
+        pooled.add(t, names[t.teacher])
+    assert len(across.classes) == 9 and pooled.classes == list("abcdefgh")
+    xs, ys, xq, yq = pooled.sample_tasks(200, 5, 1, 4, gen())                       # "b" has 10 images
+    te, lab, ids = (torch.cat([s.view(200, 5, 1), q.view(200, 5, 4)], 2) for s, q in zip(decode(xs), decode(xq)))
+    per_class = [[{names[int(a)][int(b)] for a, b in zip(ta, la)} for ta, la in zip(te_t, lab_t)]
+                 for te_t, lab_t in zip(te, lab)]                                  # [task][label] -> class names
+    assert all(len(c) == 1 for row in per_class for c in row)                     # one dataset class per label
+    assert all(len(set.union(*row)) == 5 for row in per_class)                     # 5 distinct dataset classes
+    both = [te[i, j] for i, row in enumerate(per_class) for j, c in enumerate(row) if c == {"b"}]
+    assert both and any(len(set(t.tolist())) == 2 for t in both)                  # 'b' mixes both teachers' images
+    assert all(len(set(r.tolist())) == 25 for r in ids.view(200, -1))              # no image used twice
+    with pytest.raises(DfmetaError, match="pooled mix needs a distinct class name"):
+        pooled.add(task(3, n_way=3))                                               # no names
+    with pytest.raises(DfmetaError, match="pooled mix needs a distinct class name"):
+        pooled.add(task(3, n_way=3), ["x", "x", "y"])
+    buf = io.BytesIO()
+    torch.save(pooled.state_dict(), buf)
+    buf.seek(0)
+    other = MemoryBank(mix="pooled")
+    other.load_state_dict(torch.load(buf))
+    assert other.classes == pooled.classes
+    assert all(torch.equal(u, v) for u, v in zip(other.sample_tasks(3, 5, 1, 2, gen()),
+                                                 pooled.sample_tasks(3, 5, 1, 2, gen())))
+
+
 def test_same_teacher_class_is_one_class():
     bank = MemoryBank()
     bank.add(task(7, n_way=2, per_class=3))

@@ -192,6 +192,14 @@ def test_end_to_end_seeded_and_resumed_exactly(zoo, tmp_path):
     assert any(not torch.equal(a[k], d[k]) for k in a)
 
 
+def test_pooled_memory_stores_dataset_classes(zoo, tmp_path):
+    from dfmeta.zoo import load_zoo
+    assert train_bidf_mkd(tiny(zoo, tmp_path, replay_mix="pooled", epochs=3, stop_after=2)) == {"stopped_at": 2}
+    bank = torch.load(run_dir(tmp_path) / "checkpoint.pt", weights_only=False)["extra"]["bank"]
+    teachers = load_zoo(zoo).teachers
+    assert bank["tasks"] and all(t["names"] == teachers[t["teacher"]].class_ids for t in bank["tasks"])
+
+
 def test_boundary_changes_only_the_query_set(zoo, tmp_path):
     on = tiny(zoo, tmp_path / "on", epochs=1, val_every=1, boundary_warmup=0, replay=False, boundary_weight=5.0)
     train_bidf_mkd(on)

@@ -171,6 +171,22 @@ def test_recovery_settings_reach_the_recovery(zoo, tmp_path):
     assert trainer.bank.mix == "within"
 
 
+def test_pooled_replay_keys_the_bank_by_dataset_class(zoo, tmp_path):
+    from dfmeta.meta.trainer import Trainer
+    from dfmeta.runs import RunDir
+    from dfmeta.zoo import load_zoo
+    cfg = tiny(zoo, tmp_path, replay_mix="pooled", epochs=3, stop_after=2)          # a stopped run keeps its bank
+    assert train(cfg) == {"stopped_at": 2}
+    state = torch.load(run_dir(tmp_path) / "checkpoint.pt", weights_only=False)
+    teachers = load_zoo(zoo).teachers
+    for t in state["extra"]["bank"]["tasks"]:
+        te = teachers[t["teacher"]]
+        assert t["names"] == [f"{te.dataset}/{n}" for n in te.class_names]
+    trainer = Trainer(cfg, RunDir.new(str(tmp_path / "x"), "embedded", "tgr", 0, cfg))
+    trainer.bank.load_state_dict(state["extra"]["bank"])
+    assert trainer.bank.mix == "pooled" and all(c.startswith("embedded/") for c in trainer.bank.classes)
+
+
 def test_presets_are_valid_configs():
     from dfmeta.commands.train import PRESETS
     for name, values in PRESETS.items():

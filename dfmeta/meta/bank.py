@@ -2,11 +2,14 @@
 
 The bank keeps the newest ``capacity`` recovered tasks (FIFO). A class is identified by (teacher, label): the same
 teacher class recovered at two epochs is one class with the images of both. Interpolated tasks recombine classes
-drawn across all stored tasks into new N-way tasks (the authors' recombination; no pixel mixing).
+drawn across all stored tasks into new N-way tasks (the authors' recombination; no pixel mixing). With ``pooled``
+a class is the teacher's dataset class instead (the authors' code keeps its image pool per dataset class id), so
+the images of one dataset class recovered by several teachers form one class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -67,14 +70,18 @@ class MemoryBank:
     """FIFO bank of recovered tasks (images ``[n, C, H, W]`` in [0, 1] kept on their device, labels, teacher).
 
     ``mix``: interpolated tasks draw their classes ``across`` all stored tasks (the paper), or ``within`` one
-    teacher's classes (an ablation: no task mixes the images of two teachers' generators).
+    teacher's classes (an ablation: no task mixes the images of two teachers' generators), or across all stored
+    tasks with ``pooled`` classes (the authors' code: a class is a dataset class, named at :meth:`add`, and holds
+    the images every stored teacher recovered for it).
     """
+
+    MIXES = ("across", "within", "pooled")
 
     def __init__(self, capacity: int = 20, mix: str = "across") -> None:
         if capacity < 1:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
-        if mix not in ("across", "within"):
-            raise DfmetaError(f"memory bank: mix must be 'across' or 'within', got {mix!r}")
+        if mix not in self.MIXES:
+            raise DfmetaError(f"memory bank: mix must be one of {', '.join(self.MIXES)}; got {mix!r}")
         self.capacity, self.mix = capacity, mix
         self._tasks: list[dict[str, Any]] = []
         self._pool: tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]] | None = None
@@ -82,41 +89,49 @@ class MemoryBank:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def add(self, task: TaskLike) -> None:
-        """Store a recovered task; the oldest one leaves when the bank is full."""
-        self._store(task.images, task.labels, task.teacher)
+    def add(self, task: TaskLike, names: Sequence[str] | None = None) -> None:
+        """Store a recovered task; the oldest one leaves when the bank is full. ``names``: the dataset class of each
+        of the teacher's labels (``names[label]``, e.g. ``"cifar-fs/cloud"``), needed by the ``pooled`` mix."""
+        self._store(task.images, task.labels, task.teacher, names)
         if len(self._tasks) > self.capacity:
             self._tasks.pop(0)
 
-    def _store(self, images: Tensor, labels: Tensor, teacher: int) -> None:
+    def _store(self, images: Tensor, labels: Tensor, teacher: int, names: Sequence[str] | None) -> None:
         if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels) or len(images) == 0:
             raise DfmetaError(f"memory bank: expected images [n, C, H, W] and labels [n], got "
                               f"{list(images.shape)} and {list(labels.shape)}")
         if labels.dtype.is_floating_point or int(labels.min()) < 0:
             raise DfmetaError("memory bank: labels must be non-negative integers")
+        if self.mix == "pooled" and (names is None or len(names) <= int(labels.max())
+                                     or len(set(names)) != len(names)):
+            raise DfmetaError(f"memory bank: the pooled mix needs a distinct class name for each of teacher "
+                              f"{teacher}'s labels 0..{int(labels.max())}, got {names!r}")
         if self._tasks:
             ref = self._tasks[0]["images"]
             if ref.shape[1:] != images.shape[1:] or ref.device != images.device or ref.dtype != images.dtype:
                 raise DfmetaError(f"memory bank: images {list(images.shape[1:])} {images.dtype} on {images.device} "
                                   f"do not match stored {list(ref.shape[1:])} {ref.dtype} on {ref.device}")
         self._tasks.append({"images": images.detach(), "labels": labels.detach().to(images.device, torch.long),
-                            "teacher": int(teacher)})
+                            "teacher": int(teacher), "names": None if names is None else [str(n) for n in names]})
         self._pool = None
 
     @property
-    def classes(self) -> list[tuple[int, int]]:
-        """Distinct (teacher, label) classes of the stored tasks, sorted."""
+    def classes(self) -> list[Hashable]:
+        """Distinct classes of the stored tasks, sorted: (teacher, label) pairs, or class names when pooled."""
         return self._build()[3]
 
-    def _build(self) -> tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]]:
+    def _identity(self, task: dict[str, Any], label: int) -> Hashable:
+        return task["names"][label] if self.mix == "pooled" else (task["teacher"], label)
+
+    def _build(self) -> tuple[Tensor, Tensor, Tensor, list[Hashable]]:
         """(all images, image rows sorted by class, per-class image counts on CPU, class identities); cached."""
         if self._pool is None:
             if not self._tasks:
                 raise DfmetaError("memory bank is empty")
-            per_task = [(t["teacher"], t["labels"].cpu()) for t in self._tasks]
-            classes = sorted({(te, int(c)) for te, lab in per_task for c in lab.unique()})
+            per_task = [[self._identity(t, c) for c in t["labels"].tolist()] for t in self._tasks]
+            classes = sorted({c for ids in per_task for c in ids})
             index = {c: i for i, c in enumerate(classes)}
-            ids = torch.cat([torch.tensor([index[(te, int(c))] for c in lab.tolist()]) for te, lab in per_task])
+            ids = torch.tensor([index[c] for task_ids in per_task for c in task_ids])
             images = torch.cat([t["images"] for t in self._tasks])
             order = torch.argsort(ids, stable=True).to(images.device)
             self._pool = (images, order, torch.bincount(ids, minlength=len(classes)), classes)
@@ -141,8 +156,7 @@ class MemoryBank:
 
     def state_dict(self) -> dict[str, Any]:
         """Capacity and the stored tasks, oldest first (tensors as stored)."""
-        return {"capacity": self.capacity,
-                "tasks": [{"images": t["images"], "labels": t["labels"], "teacher": t["teacher"]} for t in self._tasks]}
+        return {"capacity": self.capacity, "tasks": [dict(t) for t in self._tasks]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (exact resume: same tasks in the same order)."""
@@ -154,4 +168,4 @@ class MemoryBank:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {state['capacity']}")
         self.capacity, self._tasks, self._pool = int(state["capacity"]), [], None
         for t in state["tasks"]:
-            self._store(t["images"], t["labels"], t["teacher"])
+            self._store(t["images"], t["labels"], t["teacher"], t.get("names"))

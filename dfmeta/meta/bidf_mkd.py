@@ -77,6 +77,9 @@ class BiDfMKDConfig(FastRecoveryFields, MetaTrainConfig):
     """Task memory replay with MAML over interpolated tasks."""
     bank_size: int = 100
     """Memory of recovered tasks (support and query set of one teacher each), FIFO."""
+    replay_mix: Literal["across", "within", "pooled"] = "across"
+    """How replay tasks draw their classes (see ``dfmeta train``'s replay_mix); pooled is closest to the authors'
+    memory, which keeps images per dataset class id."""
     meta_batch: int = 4
     """Replay tasks per MAML meta-batch (authors: episode_batch 4)."""
     inner_steps: int = 5
@@ -184,7 +187,7 @@ class BiDfMKDTrainer(MetaTrainer):
     def __init__(self, cfg: BiDfMKDConfig, run) -> None:
         from dfmeta.meta.bank import MemoryBank
         super().__init__(cfg, run)
-        self.bank = MemoryBank(cfg.bank_size)
+        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix)
 
     def check(self) -> None:
         if self.cfg.teachers_per_epoch > len(self.zoo):
@@ -235,7 +238,7 @@ class BiDfMKDTrainer(MetaTrainer):
         for s, q in zip(support, query):
             tt = self.zoo[s.teacher]
             images = normalise(torch.cat([s.images, q.images]), tt.mean, tt.std)
-            self.bank.add(dataclasses.replace(s, images=images, labels=torch.cat([s.labels, q.labels])))
+            self.bank.add(dataclasses.replace(s, images=images, labels=torch.cat([s.labels, q.labels])), tt.class_ids)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Recover support sets, adapt by KD, recover boundary query sets, distil on them, store, replay."""

@@ -79,9 +79,11 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Cross-task replay with MAML over the memory bank."""
     bank_size: int = 20
     """Memory bank capacity (recovered tasks)."""
-    replay_mix: Literal["across", "within"] = "across"
-    """Replay tasks recombine classes across the stored tasks (the paper's interpolated tasks) or take all their
-    classes from one teacher (an ablation: no task holds images of two teachers' generators)."""
+    replay_mix: Literal["across", "within", "pooled"] = "across"
+    """Replay tasks recombine classes across the stored tasks (the paper's interpolated tasks; a class is one
+    teacher's class), take all their classes from one teacher (within: an ablation, no task holds images of two
+    teachers' generators), or recombine dataset classes (pooled, the authors' code: a class holds the images every
+    stored teacher of that dataset class recovered)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
@@ -306,7 +308,8 @@ class Trainer(MetaTrainer):
         t2 = time.perf_counter()
         for task in tasks:  # stored normalised with its own teacher's statistics
             tt = self.zoo[task.teacher]
-            self.bank.add(dataclasses.replace(task, images=normalise(task.images, tt.mean, tt.std)))
+            self.bank.add(dataclasses.replace(task, images=normalise(task.images, tt.mean, tt.std)),
+                          tt.class_ids)
         if cfg.replay:
             stats.update(self.replay(epoch))
         t3 = time.perf_counter()

@@ -53,6 +53,11 @@ class Teacher:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def class_ids(self) -> list[str]:
+        """``dataset/class name`` of each label: the same string for one dataset class in every teacher."""
+        return [f"{self.dataset}/{name}" for name in self.class_names]
+
     def model(self, bn: str = "running") -> nn.Module:
         """The teacher as a module in eval mode (``bn="running"``: its running statistics, as trained)."""
         m = build(self.arch, self.num_classes, self.image_size, self.in_channels, bn)
