@@ -84,7 +84,7 @@ class MemoryBank:
             raise DfmetaError(f"memory bank: mix must be one of {', '.join(self.MIXES)}; got {mix!r}")
         self.capacity, self.mix = capacity, mix
         self._tasks: list[dict[str, Any]] = []
-        self._pool: tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]] | None = None
+        self._pool: tuple[Tensor, Tensor, Tensor, list[Hashable]] | None = None
 
     def __len__(self) -> int:
         return len(self._tasks)
