@@ -16,10 +16,11 @@ from dfmeta.errors import DfmetaError
 
 Kind = Literal["train", "evaluate", "analysis"]
 
-# Defaults of TGR's ablation switches (dfmeta train; the paper's setting). A run differing in one of them is an
-# ablation (Tables 4-6, 8; Fig. 6), not the main table's TGR.
+# Defaults of the switches that change the method (dfmeta train and the baselines; the paper's setting). A run
+# differing in one of them is an ablation (Tables 4-6, 8; Fig. 6) or, outside the paper (replay_mix, rec_augment),
+# an "other run", never the main table's method.
 ABLATION_DEFAULTS: dict[str, Any] = dict(grouping="dissimilarity", igr="first", kd=True, ce=True, replay=True,
-                                         groups=5, zoo_size=0)
+                                         groups=5, zoo_size=0, replay_mix="across", rec_augment=True)
 
 
 def read_json(path: Path) -> Any:
