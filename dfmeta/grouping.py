@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import ARCHITECTURES, build
 from dfmeta.recover import RecoveredTask, normalise
+from dfmeta.zoo.format import Zoo
 from dfmeta.runs import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -356,7 +357,7 @@ def save_cache(cache: str | Path, key: str, ids: list[str], W: np.ndarray, label
     return kept
 
 
-def group_teachers(zoo, tasks: list[RecoveredTask] | Callable[[], list[RecoveredTask]], cfg: GroupingConfig,
+def group_teachers(zoo: Zoo, tasks: list[RecoveredTask] | Callable[[], list[RecoveredTask]], cfg: GroupingConfig,
                    device: torch.device, cache: str | Path | None = None, cache_extra: dict | None = None,
                    on_task: Callable[[], None] | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Group the zoo's teachers from one recovered task each (in zoo order): (labels ``[n]``, W ``[n, n]``, info).

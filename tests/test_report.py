@@ -285,3 +285,23 @@ def test_settings_outside_the_paper_are_other_runs(tmp_path) -> None:
     assert "| `cifar-fs__bidf-mkd__0__pooled` | BiDf-MKD | CIFAR-FS | single | replay_mix=pooled |" in other
     assert "| `cifar-fs__tgr__0__noaug` | TGR | CIFAR-FS | single | rec_augment=false |" in other
     assert not re.search(r"4[356]\.00", text.split("## Other runs")[0])
+
+
+def test_meta_val_curves(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    done = train_run(runs, "cifar-fs__tgr__0__x", {1: (40.0, 0.6)}, epochs=10, epochs_run=10, selected=4)
+    val = {2: 30.0, 4: 33.5, 6: 33.5, 8: 31.0, 10: 32.0}  # a tie at 4 and 6: the earlier is the loop's pick
+    rows = [json.loads(line) for line in (done / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["epoch"] in val:
+            row["val_acc"] = val[row["epoch"]]
+    (done / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train_run(runs, "cifar-fs__tgr__1__x", None, epochs=10, epochs_run=3)  # unfinished: no numbers reported
+    train_run(runs, "cifar-fs__tgr__2__x", {1: (39.0, 0.6)}, epochs=10, epochs_run=10)  # no validation logged
+    out = tmp_path / "report.md"
+    section = table(build_report([str(runs)], str(out)), "Meta-validation")
+    assert "| `cifar-fs__tgr__0__x` | TGR | 10/10 | 5 | 4 (33.50) | 4 (33.50) | 10 (32.00) |" in section
+    assert "cifar-fs__tgr__1__x" not in section and "cifar-fs__tgr__2__x" not in section
+    png = tmp_path / "report_plots" / "meta_val_curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(report_plots/meta_val_curves.png)" in section

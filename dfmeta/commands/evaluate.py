@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from dfmeta.baselines import BASELINES, NEEDS_ZOO, BaselineInput, Initialisation
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig, EvalFields
@@ -38,7 +40,7 @@ class EvaluateConfig(DataConfig, EvalFields):
             raise DfmetaError(f"method {self.method!r} needs a zoo: pass --zoo DIR")
 
 
-def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSplit], device, run: RunDir | None,
+def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSplit], device: torch.device, run: RunDir | None,
                   label: str) -> dict[int, dict]:
     """Evaluate one initialisation at every K of ``cfg.shots`` (episodes spread over ``splits``); log and return
     ``{K: result dict}``."""

@@ -20,6 +20,7 @@ from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig, group_teachers, load_probe
 from dfmeta.recover import RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, resolve_device
+from dfmeta.zoo.format import Zoo
 
 
 @dataclass(frozen=True)
@@ -129,13 +130,13 @@ def run_group(cfg: GroupCommandConfig) -> None:
     print(f"run directory: {run.path} (groups.json, W.png, fisher.npz, analysis.json)")
 
 
-def class_overlap(zoo) -> np.ndarray:
+def class_overlap(zoo: Zoo) -> np.ndarray:
     """Number of classes (dataset and name) each pair of teachers shares."""
     sets = [{(t.dataset, c) for c in t.class_names} for t in zoo.teachers]
     return np.array([[len(a & b) for b in sets] for a in sets], np.int64)
 
 
-def dissimilarity_analysis(zoo, W: np.ndarray) -> dict:
+def dissimilarity_analysis(zoo: Zoo, W: np.ndarray) -> dict:
     """Fig. 4's data: W with each pair's class overlap, and every teacher's architecture and dataset."""
     return {"analysis": "dissimilarity", "teacher_ids": [t.id for t in zoo.teachers],
             "archs": [t.arch for t in zoo.teachers], "datasets": [t.dataset for t in zoo.teachers],

@@ -26,7 +26,8 @@ import torch
 from dfmeta.config import require
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
-from dfmeta.recover import FastRecoveryFields, normalise
+from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, fast_settings, normalise, recover_tasks,
+                            teachers_per_batch)
 from dfmeta.runs import atomic_write
 
 
@@ -140,7 +141,6 @@ class Trainer(MetaTrainer):
             raise DfmetaError(f"field 'groups': c = {cfg.groups} is larger than the zoo ({len(zoo)} models)")
 
     def setup(self) -> None:
-        from dfmeta.recover import fast_settings
         cfg = self.cfg
         amp, graph, batching = fast_settings(self.recovery_config(), self.device)
         ahead = self.epochs_per_recovery()
@@ -158,8 +158,7 @@ class Trainer(MetaTrainer):
         self.bank.load_state_dict(state["bank"])
 
     # ------------------------------------------------------------------ stages
-    def recovery_config(self):
-        from dfmeta.recover import RecoveryConfig
+    def recovery_config(self) -> RecoveryConfig:
         c = self.cfg
         return RecoveryConfig(steps=c.rec_steps, lr=c.rec_lr, per_class=c.rec_per_class, nf=c.rec_nf,
                               bn_weight=c.rec_bn_weight, augment=c.rec_augment, **c.fast_recovery())
@@ -176,7 +175,6 @@ class Trainer(MetaTrainer):
         if cfg.groups_from:
             return self.groups_of_run(cfg.groups_from)
         from dfmeta.grouping import GroupingConfig, group_teachers
-        from dfmeta.recover import recover_tasks, teachers_per_batch
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
@@ -247,7 +245,7 @@ class Trainer(MetaTrainer):
         members = np.flatnonzero(self.groups == group)
         return sorted(rng.choice(members, self.cfg.teachers_per_epoch, replace=False).tolist())
 
-    def meta_step(self, tasks) -> dict[str, float]:
+    def meta_step(self, tasks: list[RecoveredTask]) -> dict[str, float]:
         """Update the meta-model with the IGR gradient of the m recovered tasks."""
         from dfmeta.meta.igr import igr_gradient
         cfg = self.cfg
@@ -284,7 +282,6 @@ class Trainer(MetaTrainer):
     def epoch_tasks(self, epoch: int) -> list:
         """The recovered tasks of ``epoch``: its m teachers, seed ``epoch_seed(seed, epoch, 0)``. With rec_prefetch
         P > 1 the tasks of epochs epoch..epoch+P-1 are recovered together and kept until their epoch comes."""
-        from dfmeta.recover import recover_tasks
         cfg = self.cfg
         if epoch not in self.prefetched:
             ahead = self.epochs_per_recovery()

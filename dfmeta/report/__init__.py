@@ -2,7 +2,8 @@
 
 Modules: :mod:`~dfmeta.report.collect` (find and parse runs), :mod:`~dfmeta.report.cells` (mean ± CI per setting,
 footnotes naming the runs), :mod:`~dfmeta.report.tables` (Table 1, scenarios, ablations, Fig. 6),
-:mod:`~dfmeta.report.analyses` (Fig. 4, Fig. 5), :mod:`~dfmeta.report.plots` (matplotlib, optional),
+:mod:`~dfmeta.report.analyses` (Fig. 4, Fig. 5), :mod:`~dfmeta.report.curves` (meta-val against epoch),
+:mod:`~dfmeta.report.plots` (matplotlib, optional),
 :mod:`~dfmeta.report.paper` (the paper's numbers, shown in rows of their own).
 """
 
@@ -15,6 +16,7 @@ from typing import Sequence
 from dfmeta.report.analyses import analysis_sections
 from dfmeta.report.cells import LEGEND
 from dfmeta.report.collect import Collection, collect
+from dfmeta.report.curves import curves_section
 from dfmeta.report.plots import MISSING, PlotSink, fig6_png
 from dfmeta.report.tables import Tables, dataset_name, other_table, render_tables, unfinished_table
 from dfmeta.runs import atomic_write
@@ -40,6 +42,7 @@ def build_report(paths: Sequence[str], out: str = "", plots: str = "") -> str:
     lines += tables.lines + fig6_lines(tables, sink)
     analysis_lines, unknown = analysis_sections(found.analyses, sink)
     lines += analysis_lines + other_table(tables.other) + unfinished_table(found.unfinished)
+    lines += curves_section(found.runs, sink)
     lines += left_out(found, [(r.path, f"unknown analysis {(r.analysis or {}).get('analysis')!r}") for r in unknown])
     text = "\n".join(lines).rstrip() + "\n"
     if out:

@@ -94,3 +94,16 @@ def fig6_png(series: dict[Hashable, list[tuple[float, float, float]]], path: Pat
     ax.set(xlabel="number of teachers", ylabel="5-way accuracy (%)")
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=120)
+
+
+def val_curves_png(series: dict[str, list[tuple[int, float]]], selected: dict[str, int], path: Path) -> None:
+    """Meta-val accuracy against epoch, one line per run; a ring marks each finished run's selected epoch."""
+    fig, (ax,) = _figure(1)
+    for label, pts in series.items():
+        line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, marker="." if len(pts) < 30 else None,
+                        label=label)
+        if label in selected and selected[label] in dict(pts):
+            ax.plot([selected[label]], [dict(pts)[selected[label]]], "o", mfc="none", ms=8, color=line.get_color())
+    ax.set(xlabel="epoch", ylabel="meta-val accuracy (%)")
+    ax.legend(fontsize=6)
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,41 @@
+"""Model selection at a glance: each meta-training run's meta-val accuracy against epoch (a table and one PNG), so
+a reader sees where the selected epoch sits on the curve and whether a run was still improving when it stopped."""
+
+from __future__ import annotations
+
+from dfmeta.report.cells import md_table
+from dfmeta.report.collect import Run
+from dfmeta.report.plots import PlotSink, val_curves_png
+from dfmeta.report.tables import method_name
+
+
+def val_curve(run: Run) -> list[tuple[int, float]]:
+    """(epoch, meta-val accuracy) of every validation logged in the run's ``metrics.jsonl``, in epoch order."""
+    points = {m["epoch"]: float(m["val_acc"]) for m in run.metrics
+              if isinstance(m.get("epoch"), int) and isinstance(m.get("val_acc"), (int, float)) and m["val_acc"] >= 0}
+    return sorted(points.items())
+
+
+def _at(curve: list[tuple[int, float]], epoch: int | None) -> str:
+    acc = dict(curve).get(epoch) if epoch is not None else None
+    return f"{epoch} ({acc:.2f})" if acc is not None else (str(epoch) if epoch is not None else "—")
+
+
+def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
+    """``## Meta-validation`` for the finished meta-training runs that logged a validation."""
+    curves = {r.name: (r, c) for r in sorted(runs, key=lambda r: r.name) if r.kind == "train" and (c := val_curve(r))}
+    if not curves:
+        return []
+    rows = []
+    for name, (r, c) in curves.items():
+        best = max(c, key=lambda p: (p[1], -p[0]))  # the earliest of equal bests, as the training loop selects
+        rows.append([f"`{name}`", method_name(r.method), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
+                     _at(c, r.selected_epoch), _at(c, c[-1][0])])
+    header = ["run", "method", "epochs run", "validations", "best meta-val: epoch (acc)", "selected: epoch (acc)",
+              "last: epoch (acc)"]
+    lines = ["## Meta-validation", "", "Meta-val accuracy (%) over training: the model is selected on it, meta-test is "
+             "touched once for the selected model.", "", *md_table(header, rows), ""]
+    series = {name: c for name, (_, c) in curves.items()}
+    selected = {name: r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
+    return lines + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
+                            lambda p: val_curves_png(series, selected, p))
