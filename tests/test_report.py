@@ -299,9 +299,14 @@ def test_meta_val_curves(tmp_path) -> None:
     (done / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     train_run(runs, "cifar-fs__tgr__1__x", None, epochs=10, epochs_run=3)  # unfinished: no numbers reported
     train_run(runs, "cifar-fs__tgr__2__x", {1: (39.0, 0.6)}, epochs=10, epochs_run=10)  # no validation logged
+    for parent in ("a", "b"):  # one directory name under two parents: two rows, told apart by the parent
+        twin = train_run(runs / parent, "cifar-fs__tgr__3__x", {1: (38.0, 0.6)}, epochs=2, epochs_run=2, selected=2)
+        (twin / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "val_acc": {"a": 31.0, "b": 32.0}[parent]}) + "\n")
     out = tmp_path / "report.md"
     section = table(build_report([str(runs)], str(out)), "Meta-validation")
     assert "| `cifar-fs__tgr__0__x` | TGR | 10/10 | 5 | 4 (33.50) | 4 (33.50) | 10 (32.00) |" in section
     assert "cifar-fs__tgr__1__x" not in section and "cifar-fs__tgr__2__x" not in section
+    assert "| `a/cifar-fs__tgr__3__x` | TGR | 2/2 | 1 | 2 (31.00) | 2 (31.00) | 2 (31.00) |" in section
+    assert "| `b/cifar-fs__tgr__3__x` | TGR | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section
     png = tmp_path / "report_plots" / "meta_val_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(report_plots/meta_val_curves.png)" in section
