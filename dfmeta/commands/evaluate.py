@@ -40,8 +40,8 @@ class EvaluateConfig(DataConfig, EvalFields):
             raise DfmetaError(f"method {self.method!r} needs a zoo: pass --zoo DIR")
 
 
-def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSplit], device: torch.device, run: RunDir | None,
-                  label: str) -> dict[int, dict]:
+def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSplit], device: torch.device,
+                  run: RunDir | None, label: str) -> dict[int, dict]:
     """Evaluate one initialisation at every K of ``cfg.shots`` (episodes spread over ``splits``); log and return
     ``{K: result dict}``."""
     out = {}

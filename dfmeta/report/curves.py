@@ -17,8 +17,11 @@ def val_curve(run: Run) -> list[tuple[int, float]]:
 
 
 def _at(curve: list[tuple[int, float]], epoch: int | None) -> str:
-    acc = dict(curve).get(epoch) if epoch is not None else None
-    return f"{epoch} ({acc:.2f})" if acc is not None else (str(epoch) if epoch is not None else "—")
+    """``epoch (accuracy)``; the epoch alone where no validation was logged at it."""
+    if epoch is None:
+        return "—"
+    acc = dict(curve).get(epoch)
+    return str(epoch) if acc is None else f"{epoch} ({acc:.2f})"
 
 
 def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
