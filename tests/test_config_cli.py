@@ -123,3 +123,11 @@ def test_every_documented_command_exists() -> None:
             two = " ".join(words[1:3])
             documented.add(two if two in names else words[1])
     assert documented == names
+
+
+@pytest.mark.parametrize("argv", [["train", "--zoo", "z"], ["evaluate"], ["baseline", "purer", "--zoo", "z"],
+                                  ["group", "--zoo", "z"]])
+def test_negative_threads_is_refused_before_any_work(argv, capsys) -> None:
+    assert main([*argv, "--threads", "-1"]) == 2  # was taken silently as torch's default (and a run started)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "field 'threads': must be non-negative" in err and "got -1" in err

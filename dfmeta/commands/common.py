@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from dfmeta.data.domains import check_dataset_spec
 from dfmeta.data.registry import default_data_root
+from dfmeta.errors import DfmetaError
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +36,8 @@ class DataConfig:
 
     def validate(self) -> None:
         check_dataset_spec(self.dataset)
+        if self.threads < 0:
+            raise DfmetaError(f"field 'threads': must be non-negative (0: torch's default), got {self.threads}")
 
 
 @dataclass(frozen=True)
