@@ -118,6 +118,23 @@ def test_variants_get_their_own_rows(tmp_path) -> None:
     assert "n=2" not in main_t
 
 
+def test_footnotes_name_settings_away_from_the_defaults(tmp_path) -> None:
+    """A reduced-size run says so beside its number; the source of its groups (a path) neither shows nor splits."""
+    train_run(tmp_path, "cifar-fs__tgr__0__small", {1: (35.0, 0.7)}, rec_nf=16, rec_steps=30, val_episodes=300,
+              groups_from="/x/g5")
+    train_run(tmp_path, "cifar-fs__tgr__1__small", {1: (36.0, 0.7)}, seed=1, rec_nf=16, rec_steps=30,
+              val_episodes=300, groups_from="/x/other")
+    train_run(tmp_path, "cifar-fs__tgr__0__paper", {1: (44.0, 0.7)}, epochs=1000, epochs_run=1000)
+    main_t = table(build_report([str(tmp_path)]), "Main results")
+    small = [ln for ln in main_t.splitlines() if "__small" in ln]
+    assert len(small) == 1 and small[0].count("(set away from the defaults: rec_nf=16, rec_steps=30, "
+                                              "val_episodes=300)") == 2
+    paper = [ln for ln in main_t.splitlines() if "__paper" in ln]
+    assert len(paper) == 1 and "set away" not in paper[0] and "groups_from" not in main_t
+    assert re.search(r"\| TGR \[epochs=100, rec_nf=16, rec_steps=30, val_episodes=300\] \| ours \| 35\.50 ± 0\.70 \(n=2",
+                     main_t)  # one row: the two runs differ only in seed and where their groups came from
+
+
 def test_ablation_tables(tmp_path) -> None:
     train_run(tmp_path, "tgr", {1: (44.0, 0.6)})
     train_run(tmp_path, "vanilla", {1: (41.0, 0.6)}, grouping="off", igr="off")

@@ -53,7 +53,10 @@ class Entry:
                 text += f", meta-trained at K={r.config['train_shot']}"
         else:
             text += f"{r.method} evaluated on split test"
-        return text + (f", {self.episodes} episodes" if self.episodes else "")
+        text += f", {self.episodes} episodes" if self.episodes else ""
+        if r.kind == "train" and (changed := r.changed_settings()):
+            text += f" (set away from the defaults: {', '.join(f'{k}={short(v)}' for k, v in sorted(changed.items()))})"
+        return text
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ Kind = Literal["train", "evaluate", "analysis"]
 # an "other run", never the main table's method.
 ABLATION_DEFAULTS: dict[str, Any] = dict(grouping="dissimilarity", igr="first", kd=True, ce=True, replay=True,
                                          groups=5, zoo_size=0, replay_mix="across", rec_augment=True)
+# Config fields that do not change what a run measures (machine, paths, stopping and resuming).
+IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "groups_from", "resume", "run_dir",
+           "stop_after", "time_limit", "episode_batch", "shots"}
+# Fields that place a run in a table (its row or column).
+COORDINATES = {"dataset", "train_shot", "method", "split", *ABLATION_DEFAULTS}
 
 
 def read_json(path: Path) -> Any:
@@ -72,6 +77,8 @@ class Run:
     """Architectures of the zoo's teachers (None: no zoo, or its manifest was not found)."""
     zoo_note: str = ""
     """Why ``archs`` is unknown, if the run names a zoo."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """The default config of the run's method (meta-training runs)."""
 
     @property
     def name(self) -> str:
@@ -134,6 +141,13 @@ class Run:
     def deviations(self) -> set[str]:
         """Ablation switches set away from the paper's default."""
         return {k for k, v in self.ablation().items() if v != ABLATION_DEFAULTS[k]}
+
+    def changed_settings(self) -> dict[str, Any]:
+        """Settings a meta-training run set away from its method's defaults (the paper's sizes: recovery, replay,
+        validation, ...), other than table coordinates, machine and path fields and the epochs (reported apart)."""
+        skip = IGNORED | COORDINATES | {"epochs"}
+        return {k: v for k, v in self.config.items() if k in self.defaults and k not in skip
+                and json.dumps(v, sort_keys=True) != json.dumps(self.defaults[k], sort_keys=True)}
 
     def shots(self) -> list[int]:
         """The K values with a test result."""
@@ -229,7 +243,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
         kind = "train" if "val_every" in config else "evaluate" if "split" in config else "analysis"
     run = Run(path, kind, config, results, analysis, read_metrics(path / "metrics.jsonl"))
     if kind == "train":  # a run older than a config field had that field's default
-        run.config = {**config_defaults(run.method), **config}
+        run.defaults = config_defaults(run.method)
+        run.config = {**run.defaults, **config}
     run.archs, run.zoo_note = zoo_archs(config)
     if run.kind != "analysis":
         for k, res in run._by_shot().items():

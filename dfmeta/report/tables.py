@@ -16,18 +16,13 @@ from typing import Any, Callable, Hashable, Iterable
 
 from dfmeta.report import paper
 from dfmeta.report.cells import Cell, Entry, Sources, md_table, short
-from dfmeta.report.collect import ABLATION_DEFAULTS, Run
+from dfmeta.report.collect import ABLATION_DEFAULTS, COORDINATES, IGNORED, Run
 
 DATASET_NAMES = {"cifar-fs": "CIFAR-FS", "miniimagenet": "miniImageNet", "cub": "CUB", "fc100": "FC100",
                  "omniglot": "Omniglot"}
 METHOD_NAMES = {"finetune": "Finetune", "best-model": "Best-Model", "average": "Average", "ota": "OTA", "dro": "DRO",
                 "purer": "PURER", "bidf-mkd": "BiDf-MKD", "tgr": "TGR",
                 "maml-real": "MAML on real data (not data-free)"}
-# Config fields that do not change what a run measures (machine, paths, stopping and resuming).
-IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "resume", "run_dir", "stop_after",
-           "time_limit", "episode_batch", "shots"}
-# Fields that place a run in a table (its row or column), so never split a row.
-COORDINATES = {"dataset", "train_shot", "method", "split", *ABLATION_DEFAULTS}
 PAPER = f"*paper* ({paper.CITATION})"
 
 ABLATION_ROWS = {("off", "off"): "vanilla", ("dissimilarity", "off"): "+ grouping", ("off", "first"): "+ IGR",
