@@ -16,7 +16,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from dfmeta.report import paper
 from dfmeta.report.cells import Cell, Entry, Sources, md_table, short
-from dfmeta.report.collect import ABLATION_DEFAULTS, COORDINATES, IGNORED, Run
+from dfmeta.report.collect import COORDINATES, IGNORED, Run
 
 DATASET_NAMES = {"cifar-fs": "CIFAR-FS", "miniimagenet": "miniImageNet", "cub": "CUB", "fc100": "FC100",
                  "omniglot": "Omniglot"}
