@@ -15,10 +15,12 @@ import torch
 
 from dfmeta.data.embedded import embedded_split
 from dfmeta.evaluate import Evaluator
+from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build, params_of
 
 
 def main() -> None:
+    malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--episodes", type=int, default=600)
@@ -32,7 +34,7 @@ def main() -> None:
     model = build("conv4", 5, 32, 3, "batch")
     params = params_of(model)
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}, {malloc}")
     print(f"| shots | episodes | episode batch | seconds (best of {a.repeats}) | episodes/s |")
     print("|---|---|---|---|---|")
     for k in a.shots:

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from dfmeta.memory import keep_freed_memory
 from dfmeta.meta import MemoryBank, igr_gradient, maml_loss
 from dfmeta.nets import build, params_of
 
@@ -41,6 +42,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
 
 
 def main() -> None:
+    malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
@@ -79,7 +81,7 @@ def main() -> None:
             t = timed(step, dev, a.repeats)
             rows.append((f"MAML {'1st' if first_order else '2nd'}-order", f"{a.meta_batch} x {n_way}w{k_shot}s15q", *t))
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {name}, Conv4 {s}px, torch {torch.__version__}, {a.repeats} repeats after 1 warm-up")
+    print(f"device: {name}, Conv4 {s}px, torch {torch.__version__}, {a.repeats} repeats after 1 warm-up, {malloc}")
     print(f"{'step':<16} {'size':<22} {'mean ms':>10} {'min ms':>10} {'peak GiB':>9}")
     for r in rows:
         print(f"{r[0]:<16} {r[1]:<22} {r[2] * 1e3:>10.1f} {r[3] * 1e3:>10.1f} {r[4]:>9.2f}")

@@ -24,6 +24,7 @@ import time
 import torch
 
 from dfmeta.grouping import GroupingConfig, fisher_embeddings, load_probe
+from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build
 from dfmeta.recover import RecoveryConfig, recover_tasks
 from dfmeta.zoo.format import Teacher
@@ -96,6 +97,7 @@ def profile(teachers: list[Teacher], idx: list[int], cfg: RecoveryConfig, dev: t
 
 
 def main() -> None:
+    malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--teachers", type=int, default=4, help="m, teachers per epoch")
@@ -124,7 +126,7 @@ def main() -> None:
     names = list(VARIANTS) if a.variants == ["all"] else a.variants
     n = 5 * a.per_class
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, image size {a.size}, nf {a.nf}")
+          f"threads {torch.get_num_threads()}, image size {a.size}, nf {a.nf}, {malloc}")
     print(f"\n## One epoch's recovery: {m} teachers x {n} images, {a.steps} steps\n")
     print("| variant | seconds | ms/step | ms/teacher-step | loss gap | max pixel gap |")
     print("|---|---|---|---|---|---|")

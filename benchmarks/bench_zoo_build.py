@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from dfmeta.data.embedded import embedded_split
 from dfmeta.data.episodes import to_input
+from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build
 from dfmeta.zoo.build import ZooRecipe, epoch_order, initial_state, plan_zoo, split_rows, train_group
 
@@ -52,6 +53,7 @@ def plain(plans, split, recipe, seed, device) -> None:
 
 
 def main() -> None:
+    malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--teachers", type=int, nargs="+", default=[8], help="zoo sizes to time")
@@ -66,7 +68,7 @@ def main() -> None:
     train_group(plan_zoo(split.n_classes, warm, 1), split, warm, 1, dev, images)  # kernels, allocator
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}; conv4 teachers x {a.epochs} epochs, 2400 training images each "
-          f"(embedded, 32 px), batch 128, held-out evaluation every epoch")
+          f"(embedded, 32 px), batch 128, held-out evaluation every epoch, {malloc}")
     print("| teachers | mode | seconds | teacher-epochs/s | speed-up vs plain |")
     print("|---|---|---|---|---|")
     for n in a.teachers:

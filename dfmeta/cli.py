@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from dfmeta.config import add_arguments, from_namespace
 from dfmeta.errors import DfmetaError
+from dfmeta.memory import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()
     commands = discover()
     parser = build_parser(commands)
     ns = parser.parse_args(argv)

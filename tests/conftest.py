@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build
 from dfmeta.zoo.format import Teacher, save_teacher, write_manifest
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+keep_freed_memory()  # as the command line does: large CPU tensors reuse freed memory
 
 
 def data_root() -> Path:
