@@ -327,3 +327,22 @@ def test_meta_val_curves(tmp_path) -> None:
     assert "| `b/cifar-fs__tgr__3__x` | TGR | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section
     png = tmp_path / "report_plots" / "meta_val_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(report_plots/meta_val_curves.png)" in section
+
+
+def test_same_named_runs_are_told_apart_everywhere(tmp_path) -> None:
+    """Run directories of one name under different parents (as the ablation grid writes them) are named with as many
+    parent folders as tell them apart, in the footnotes as in every other section; a unique name stays bare."""
+    from dfmeta.report.collect import Run, label_runs
+    runs = tmp_path / "runs"
+    train_run(runs / "groups-3", "cifar-fs__tgr__0__t", {1: (35.0, 0.7)}, groups=3)
+    train_run(runs / "similarity", "cifar-fs__tgr__0__t", {1: (34.0, 0.7)}, grouping="similarity")
+    train_run(runs / "tgr", "cifar-fs__tgr__0__u", {1: (36.0, 0.7)})
+    text = build_report([str(runs)])
+    assert "`groups-3/cifar-fs__tgr__0__t`: epochs" in table(text, "Number of groups")
+    assert "`similarity/cifar-fs__tgr__0__t`: epochs" in table(text, "Similarity against")
+    assert "`cifar-fs__tgr__0__u`: epochs" in table(text, "Main results") and "tgr/cifar-fs" not in text
+    assert "| `cifar-fs__tgr__0__t` |" not in text and "`cifar-fs__tgr__0__t`:" not in text
+    # deeper clashes take more folders; a run alone keeps its name
+    found = [Run(Path(p), "train", {}) for p in ("/r/x/a/n", "/r/y/a/n", "/r/z/b/n", "/r/m")]
+    label_runs(found)
+    assert [r.shown for r in found] == ["x/a/n", "y/a/n", "b/n", "m"]

@@ -73,7 +73,7 @@ def left_out(found: Collection, more: list[tuple[Path, str]]) -> list[str]:
     if unknown:
         lines += ["## Zoo architectures unknown", "", "These runs' zoo manifests are not readable from here, so "
                   "they count as single-architecture:", "",
-                  *(f"- `{r.name}`: {r.zoo_note}" for r in unknown), ""]
+                  *(f"- `{r.shown}`: {r.zoo_note}" for r in unknown), ""]
     return lines
 
 

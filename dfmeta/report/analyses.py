@@ -47,6 +47,11 @@ def pair_stats(a: dict[str, Any], where: str) -> dict[str, Any]:
     return out
 
 
+def _file_name(run: Run) -> str:
+    """The run's report name as one file-name part (two same-named runs get two plots)."""
+    return run.shown.replace("/", "__")
+
+
 def fig4_section(run: Run, sink: PlotSink) -> list[str]:
     """Fig. 4 of one ``dfmeta group`` run: a table of mean W by pair kind, and its plot."""
     s = dissimilarity_stats(run)
@@ -56,12 +61,12 @@ def fig4_section(run: Run, sink: PlotSink) -> list[str]:
     a = run.analysis or {}
     mix = "; ".join(f"{name}: " + ", ".join(f"{v} ({c})" for v, c in sorted(Counter(a.get(key) or []).items()))
                     for key, name in (("archs", "architectures"), ("datasets", "datasets")) if a.get(key))
-    lines = [f"## Task dissimilarity (Fig. 4): `{run.name}`", "",
+    lines = [f"## Task dissimilarity (Fig. 4): `{run.shown}`", "",
              f"Dissimilarity W of teacher pairs ({len(a['W'])} teachers; {mix}) against the classes they share, and "
              "for pairs of the same or of different architecture / dataset where the zoo mixes them.", "",
              *md_table(["pairs", "count", "mean W", "sd"], rows), ""]
-    return lines + sink.add(f"fig4_{run.name}.png", f"Fig. 4, {run.name}",
-                            lambda p: fig4_png(s, p, f"Fig. 4: {run.name}"))
+    return lines + sink.add(f"fig4_{_file_name(run)}.png", f"Fig. 4, {run.shown}",
+                            lambda p: fig4_png(s, p, f"Fig. 4: {run.shown}"))
 
 
 def _check_igr(run: Run) -> dict[str, Any]:
@@ -86,12 +91,12 @@ def fig5_section(run: Run, sink: PlotSink) -> list[str]:
         vals = [np.nanmean(np.asarray(series[k], np.float64)[-half:]) if series.get(k) else float("nan")
                 for k in ("regulariser", "cosine", "loss")]
         rows.append([variant.upper(), *(f"{v:.4g}" for v in vals)])
-    lines = [f"## IGR against ERM (Fig. 5): `{run.name}`", "",
+    lines = [f"## IGR against ERM (Fig. 5): `{run.shown}`", "",
              f"Both meta-models see the same recovered tasks (m = {a.get('teachers_per_epoch', '?')}, "
              f"beta = {a.get('beta', '?')}, {len(a['epochs'])} epochs); means over the last {half} epochs.", "",
              *md_table(["update", "regulariser", "cosine", "loss"], rows), ""]
-    return lines + sink.add(f"fig5_{run.name}.png", f"Fig. 5, {run.name}",
-                            lambda p: fig5_png(a, p, f"Fig. 5: {run.name}"))
+    return lines + sink.add(f"fig5_{_file_name(run)}.png", f"Fig. 5, {run.shown}",
+                            lambda p: fig5_png(a, p, f"Fig. 5: {run.shown}"))
 
 
 SECTIONS = {"dissimilarity": fig4_section, "igr-vs-erm": fig5_section}
@@ -101,7 +106,7 @@ def analysis_sections(runs: list[Run], sink: PlotSink) -> tuple[list[str], list[
     """Markdown (and plots) of each analysis run, in Fig. 4, Fig. 5 order; returns the runs of an unknown kind."""
     lines: list[str] = []
     for kind, section in SECTIONS.items():
-        for r in sorted(runs, key=lambda r: r.name):
+        for r in sorted(runs, key=lambda r: r.shown):
             if (r.analysis or {}).get("analysis") == kind:
                 lines += section(r, sink)
     unknown = [r for r in runs if (r.analysis or {}).get("analysis") not in SECTIONS]

@@ -45,7 +45,7 @@ class Entry:
         """The run's name, its epochs run and selected epoch (meta-training) or its split (evaluation), and its own
         accuracy if ``with_acc`` (a cell of several runs)."""
         r = self.run
-        text = f"`{r.name}`" + (f" {self.acc:.2f} ± {self.ci95:.2f}" if with_acc else "") + ": "
+        text = f"`{r.shown}`" + (f" {self.acc:.2f} ± {self.ci95:.2f}" if with_acc else "") + ": "
         if r.kind == "train":
             text += f"epochs {r.epochs_run}/{r.epochs}" + (" (ended early)" if r.ended_early else "")
             text += f", selected epoch {r.selected_epoch}"
@@ -103,7 +103,7 @@ class Sources:
         self.notes: list[str] = []
 
     def ref(self, cell: Cell) -> str:
-        note = "; ".join(e.note(cell.n > 1) for e in sorted(cell.entries, key=lambda e: e.run.name))
+        note = "; ".join(e.note(cell.n > 1) for e in sorted(cell.entries, key=lambda e: e.run.shown))
         if note not in self.notes:
             self.notes.append(note)
         return f"[{self.notes.index(note) + 1}]"

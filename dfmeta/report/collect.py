@@ -79,10 +79,18 @@ class Run:
     """Why ``archs`` is unknown, if the run names a zoo."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """The default config of the run's method (meta-training runs)."""
+    label: str = ""
+    """The run's name in the report: its directory name, with as many parent folders as tell it apart from the other
+    runs of the report (set by ``collect``)."""
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def shown(self) -> str:
+        """The report's name for the run: ``label``, else the directory name."""
+        return self.label or self.name
 
     @property
     def finished(self) -> bool:
@@ -271,4 +279,26 @@ def collect(paths: list[str] | tuple[str, ...]) -> Collection:
             out.skipped.append((d, f"evaluation on split {run.results.get('split')!r} (only 'test' is reported)"))
         else:
             out.runs.append(run)
+    label_runs([*out.runs, *out.analyses, *out.unfinished])
     return out
+
+
+def label_runs(runs: list[Run]) -> None:
+    """Give every run the shortest trailing part of its path that no other run shares (``groups-3/cifar-fs__tgr__0__t``
+    where ``cifar-fs__tgr__0__t`` stands under two folders): two runs of a report are never shown under one name."""
+    depth = {id(r): 1 for r in runs}
+
+    def tail(r: Run) -> str:
+        return "/".join(r.path.parts[-depth[id(r)]:])
+
+    while True:
+        seen: dict[str, list[Run]] = {}
+        for r in runs:
+            seen.setdefault(tail(r), []).append(r)
+        clash = [r for group in seen.values() if len(group) > 1 for r in group if depth[id(r)] < len(r.path.parts)]
+        if not clash:
+            break
+        for r in clash:
+            depth[id(r)] += 1
+    for r in runs:
+        r.label = tail(r)

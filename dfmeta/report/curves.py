@@ -26,10 +26,8 @@ def _at(curve: list[tuple[int, float]], epoch: int | None) -> str:
 
 def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     """``## Meta-validation`` for the finished meta-training runs that logged a validation."""
-    found = [(r, c) for r in sorted(runs, key=lambda r: (r.name, str(r.path)))
-             if r.kind == "train" and (c := val_curve(r))]
-    names = [r.name for r, _ in found]
-    curves = {(r.name if names.count(r.name) == 1 else f"{r.path.parent.name}/{r.name}"): (r, c) for r, c in found}
+    curves = {r.shown: (r, c) for r in sorted(runs, key=lambda r: (r.name, r.shown))
+              if r.kind == "train" and (c := val_curve(r))}
     if not curves:
         return []
     rows = []

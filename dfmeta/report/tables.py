@@ -306,11 +306,11 @@ def other_table(runs: list[Run]) -> list[str]:
         return []
     shots = sorted({k for r in runs for k in r.shots()})
     rows = []
-    for r in sorted(runs, key=lambda r: r.name):
+    for r in sorted(runs, key=lambda r: r.shown):
         dev = ", ".join(f"{k}={short(r.config[k])}" for k in sorted(r.deviations())) or "—"
         res = [f"{e.acc:.2f} ± {e.ci95:.2f}" + "*" * r.ended_early if (e := Entry.of(r, k)) else "—" for k in shots]
         epochs = f"{r.epochs_run}/{r.epochs}, selected {r.selected_epoch}" if r.kind == "train" else "—"
-        rows.append([f"`{r.name}`", method_name(r.method), dataset_name(r.dataset), r.scenario, dev,
+        rows.append([f"`{r.shown}`", method_name(r.method), dataset_name(r.dataset), r.scenario, dev,
                      str(r.config.get("train_shot", "—")), epochs, *res])
     header = ["run", "method", "dataset", "scenario", "ablation", "train K", "epochs run, selected",
               *(f"{k}-shot" for k in shots)]
@@ -322,10 +322,10 @@ def unfinished_table(runs: list[Run]) -> list[str]:
     if not runs:
         return []
     rows = []
-    for r in sorted(runs, key=lambda r: r.name):
+    for r in sorted(runs, key=lambda r: r.shown):
         progress = f"epoch {r.epochs_run} of {r.epochs}" if r.kind == "train" else "—"
         missing = "analysis.json" if r.kind == "analysis" else "results.json"
-        rows.append([f"`{r.name}`", r.kind, method_name(r.method), dataset_name(r.dataset), progress,
+        rows.append([f"`{r.shown}`", r.kind, method_name(r.method), dataset_name(r.dataset), progress,
                      f"no {missing}"])
     return ["## Unfinished runs", "", "No numbers are reported for these.", "",
             *md_table(["run", "kind", "method", "dataset", "progress", "status"], rows), ""]
