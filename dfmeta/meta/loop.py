@@ -268,7 +268,9 @@ class MetaTrainer:
                 self.run.log(**row)
             bar.update(1)
             shown = {k: f"{v:.3f}" for k, v in stats.items() if k == "loss" and isinstance(v, float)}
-            bar.set_postfix(**shown, val=f"{self.best['acc']:.1f}")
+            if self.best["epoch"]:  # the best meta-val so far, once there is one
+                shown["best_val"] = f"{self.best['acc']:.1f}"
+            bar.set_postfix(**shown)
         bar.close()
         if self.epoch < cfg.epochs:
             if self.epoch % cfg.val_every:
