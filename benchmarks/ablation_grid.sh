@@ -13,13 +13,14 @@
 #     EXTRA        flags for every `dfmeta train`, e.g. the CPU size below
 #     GROUP_EXTRA  flags for `dfmeta group`: its recovery must match EXTRA's (--steps/--nf/--per-class there are
 #                  --rec-steps/--rec-nf/--rec-per-class here)
-# The CPU size of docs/results/cpu-2026-11-27-ablations.md (2 lanes, about 35 minutes per run on 2 cores):
-#   LANES=2 EXTRA="--rec-nf 16 --rec-steps 30 --rec-per-class 16 --epochs 10 --val-every 2 --val-episodes 300 \
-#     --threads 1 --device cpu" GROUP_EXTRA="--nf 16 --steps 30 --per-class 16 --device cpu" \
+# The CPU size of docs/results/cpu-2026-12-01-ablations.md (on the 2-core box: grouping 13 minutes, then about 32
+# minutes per run with 2 lanes, so about 2 h 20 min for the default eight variants):
+#   LANES=2 EXTRA="--rec-nf 16 --rec-steps 30 --rec-per-class 16 --epochs 8 --val-every 2 --val-episodes 300 \
+#     --threads 1 --device cpu" GROUP_EXTRA="--nf 16 --steps 30 --per-class 16 --device cpu --threads 2" \
 #     bash benchmarks/ablation_grid.sh .carry/zoo runs/ablations
 # A variant whose run finished (OUT/runs/VARIANT.done) is skipped on a rerun; an interrupted one starts again.
 set -uo pipefail
-if [ $# -lt 2 ]; then sed -n '6,19p' "$0"; exit 2; fi
+if [ $# -lt 2 ]; then sed -n '6,20p' "$0"; exit 2; fi
 ZOO=$1; OUT=$2; shift 2
 VARIANTS=${*:-tgr vanilla grouping-only igr-only kd-only ce-only similarity groups-3}
 export ZOO OUT SETTING=${SETTING:-cifar-fs-1shot} EXTRA=${EXTRA:-} GROUP_EXTRA=${GROUP_EXTRA:-}
