@@ -334,14 +334,20 @@ def test_same_named_runs_are_told_apart_everywhere(tmp_path) -> None:
     parent folders as tell them apart, in the footnotes as in every other section; a unique name stays bare."""
     from dfmeta.report.collect import Run, label_runs
     runs = tmp_path / "runs"
-    train_run(runs / "groups-3", "cifar-fs__tgr__0__t", {1: (35.0, 0.7)}, groups=3)
-    train_run(runs / "similarity", "cifar-fs__tgr__0__t", {1: (34.0, 0.7)}, grouping="similarity")
-    train_run(runs / "tgr", "cifar-fs__tgr__0__u", {1: (36.0, 0.7)})
+    made = [train_run(runs / "groups-3", "cifar-fs__tgr__0__t", {1: (35.0, 0.7)}, groups=3),
+            train_run(runs / "similarity", "cifar-fs__tgr__0__t", {1: (34.0, 0.7)}, grouping="similarity"),
+            train_run(runs / "tgr", "cifar-fs__tgr__0__u", {1: (36.0, 0.7)})]
+    for d in made:  # one logged validation each, for the meta-validation section
+        (d / "metrics.jsonl").write_text(json.dumps({"epoch": 80, "val_acc": 31.0}) + "\n")
     text = build_report([str(runs)])
     assert "`groups-3/cifar-fs__tgr__0__t`: epochs" in table(text, "Number of groups")
     assert "`similarity/cifar-fs__tgr__0__t`: epochs" in table(text, "Similarity against")
     assert "`cifar-fs__tgr__0__u`: epochs" in table(text, "Main results") and "tgr/cifar-fs" not in text
     assert "| `cifar-fs__tgr__0__t` |" not in text and "`cifar-fs__tgr__0__t`:" not in text
+    curves = table(text, "Meta-validation")  # its rows name the switches a run set away from the paper's defaults
+    assert "| `groups-3/cifar-fs__tgr__0__t` | TGR [groups=3] |" in curves
+    assert "| `similarity/cifar-fs__tgr__0__t` | TGR [grouping=similarity] |" in curves
+    assert "| `cifar-fs__tgr__0__u` | TGR |" in curves
     # deeper clashes take more folders; a run alone keeps its name
     found = [Run(Path(p), "train", {}) for p in ("/r/x/a/n", "/r/y/a/n", "/r/z/b/n", "/r/m")]
     label_runs(found)

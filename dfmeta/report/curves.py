@@ -3,7 +3,7 @@ a reader sees where the selected epoch sits on the curve and whether a run was s
 
 from __future__ import annotations
 
-from dfmeta.report.cells import md_table
+from dfmeta.report.cells import md_table, short
 from dfmeta.report.collect import Run
 from dfmeta.report.plots import PlotSink, val_curves_png
 from dfmeta.report.tables import method_name
@@ -24,6 +24,13 @@ def _at(curve: list[tuple[int, float]], epoch: int | None) -> str:
     return str(epoch) if acc is None else f"{epoch} ({acc:.2f})"
 
 
+def _method(run: Run) -> str:
+    """The method's name and the ablation switches the run set away from the paper's defaults."""
+    switched = {k: v for k, v in run.ablation().items() if k in run.deviations()}
+    return method_name(run.method) + (f" [{', '.join(f'{k}={short(v)}' for k, v in sorted(switched.items()))}]"
+                                      if switched else "")
+
+
 def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     """``## Meta-validation`` for the finished meta-training runs that logged a validation."""
     curves = {r.shown: (r, c) for r in sorted(runs, key=lambda r: (r.name, r.shown))
@@ -33,7 +40,7 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     rows = []
     for name, (r, c) in curves.items():
         best = max(c, key=lambda p: (p[1], -p[0]))  # the earliest of equal bests, as the training loop selects
-        rows.append([f"`{name}`", method_name(r.method), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
+        rows.append([f"`{name}`", _method(r), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
                      _at(c, r.selected_epoch), _at(c, c[-1][0])])
     header = ["run", "method", "epochs run", "validations", "best meta-val: epoch (acc)", "selected: epoch (acc)",
               "last: epoch (acc)"]
