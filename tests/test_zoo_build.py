@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -160,6 +161,22 @@ def test_build_refuses_other_settings(split, tmp_path):
         build_zoo(tmp_path, recipe=dataclasses.replace(TINY, teachers=1), **kw)
     grown = build_zoo(tmp_path, recipe=dataclasses.replace(TINY, teachers=2, epochs=1), **kw)
     assert grown.skipped == ["0"] and grown.trained == ["1"]
+
+
+def test_build_logs_a_line_per_teacher(split, tmp_path, capsys):
+    """Outside a terminal (no progress bar) a build still says what it finished: one line per teacher."""
+    kw = dict(split=split, dataset="tiny", recipe=dataclasses.replace(TINY, epochs=1), seed=0, teachers_at_once=2)
+    build_zoo(tmp_path, shard=(0, 2), **kw)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("teacher ")]
+    assert [ln.split()[1] for ln in lines] == ["0", "1"]  # block 0 of this tiny zoo holds teachers 0 and 1
+    assert all(re.search(r"held-out \d+\.\d%, epoch 1 of 1 kept \[\d/2, \d+ s\]", ln) for ln in lines), lines
+    build_zoo(tmp_path, **kw)  # resume: the rest of the zoo
+    err = capsys.readouterr().err
+    assert "2 teachers of this shard already done, 1 to train" in err
+    assert [ln.split()[1] for ln in err.splitlines() if ln.startswith("teacher ")] == ["2"]
+    build_zoo(tmp_path, progress=False, **kw)
+    assert capsys.readouterr().err == ""
 
 
 def test_parse_shard(monkeypatch):

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -447,11 +449,21 @@ def build_zoo(zoo_dir: str | os.PathLike, split: FewShotSplit, dataset: str, rec
     todo = [b for b in blocks if any(p.index not in done for p in b)]
     images = torch.from_numpy(split.images).to(device) if todo else None
     trained: list[str] = []
+    n_todo = sum(p.index not in done for b in todo for p in b)
+    if progress and done:
+        print(f"{zoo_dir}: {len(done)} teachers of this shard already done, {n_todo} to train", file=sys.stderr,
+              flush=True)
+    t0 = time.perf_counter()
     for j, block in enumerate(todo):
         for t in train_group(block, split, recipe, seed, device, images, progress, f"block {j + 1}/{len(todo)}"):
             if t.plan.index not in done:
                 _save(zoo_dir, t, split, dataset, recipe, seed, {"teachers_at_once": at_once, "device": device.type})
                 trained.append(str(t.plan.index))
+                if progress:  # one line per teacher, also where the bar is off (not a terminal: a log file)
+                    held = "no held-out images" if t.heldout_acc is None else f"held-out {t.heldout_acc:.1f}%"
+                    print(f"teacher {t.plan.index} ({t.plan.arch}): {held}, epoch {t.best_epoch + 1} of "
+                          f"{recipe.epochs} kept [{len(trained)}/{n_todo}, {time.perf_counter() - t0:.0f} s]",
+                          file=sys.stderr, flush=True)
         rebuild_manifest(zoo_dir)
     rebuild_manifest(zoo_dir)
     return BuildReport(trained, sorted(map(str, done), key=int), sum(len(b) for b in blocks))
