@@ -22,7 +22,8 @@ def _write(d: Path, name: str, obj) -> None:
 
 def train_run(root: Path, name: str, accs: dict[int, tuple[float, float]] | None, *, method: str = "tgr",
               dataset: str = "cifar-fs", train_shot: int = 1, epochs: int = 100, epochs_run: int = 100,
-              selected: int = 80, domains: dict[int, dict[str, tuple[float, float]]] | None = None, **cfg) -> Path:
+              selected: int = 80, domains: dict[int, dict[str, tuple[float, float]]] | None = None,
+              zoo_archs: list[str] | None = None, **cfg) -> Path:
     """A meta-training run directory; ``accs=None``: unfinished (no results.json)."""
     d = root / name
     config = dict(dataset=dataset, seed=0, zoo="", zoo_size=0, train_shot=train_shot, epochs=epochs, val_every=20,
@@ -37,7 +38,8 @@ def train_run(root: Path, name: str, accs: dict[int, tuple[float, float]] | None
         for k, parts in (domains or {}).items():
             test[str(k)]["domains"] = {n: {"acc": a, "ci95": c, "episodes": 300} for n, (a, c) in parts.items()}
         _write(d, "results.json", {"method": method, "dataset": dataset, "epochs_run": epochs_run,
-                                   "selected_epoch": selected, "val_acc": 33.33, "test": test})
+                                   "selected_epoch": selected, "val_acc": 33.33, "test": test,
+                                   **({"zoo_archs": zoo_archs} if zoo_archs else {})})
     else:
         rows[-1]["val_acc"] = 33.33
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -173,6 +175,12 @@ def test_scenarios(tmp_path) -> None:
     train_run(tmp_path / "runs", "md", {1: (30.0, 0.5)}, dataset="cifar-fs+omniglot",
               domains={1: {"cifar-fs": (28.0, 0.7), "omniglot": (32.0, 0.7)}})
     train_run(tmp_path / "runs", "lost", {1: (40.0, 0.6)}, zoo="/nowhere/zoo")
+    # a run that names its teachers' architectures in results.json needs no copy of its zoo (a run fetched back
+    # from another machine); those names win over a manifest found at the zoo path
+    train_run(tmp_path / "runs", "fetched", {5: (56.0, 0.6)}, zoo="/nowhere/zoo", zoo_archs=["conv4", "resnet18"],
+              train_shot=5)
+    train_run(tmp_path / "runs", "subset", {5: (38.0, 0.6)}, zoo=str(zoo), zoo_archs=["conv4", "conv4"],
+              train_shot=5)
     text = build_report([str(tmp_path / "runs")])
     md = table(text, "Multi-domain scenario")
     assert ("| method | source | CIFAR-FS+Omniglot 1-shot: all domains | CIFAR-FS+Omniglot 1-shot: CIFAR-FS | "
@@ -181,10 +189,13 @@ def test_scenarios(tmp_path) -> None:
     assert "[2] `md`: epochs 100/100, selected epoch 80, 300 episodes" in md
     assert "| TGR | *paper* (Wei et al., ICML 2024; CIFAR-FS+miniImageNet+CUB) | 32.04 | — | — |" in md
     ma = table(text, "Multi-architecture scenario")
-    assert "conv4, resnet10, resnet18" in ma and re.search(r"\| TGR \| ours \| 44\.00 ± 0\.60 \[1\] \|", ma)
+    assert "conv4, resnet10, resnet18" in ma
     assert "44.18" in ma
-    assert re.search(r"\| TGR \| ours \| 40\.00", table(text, "Main results"))
-    assert "`lost`: zoo /nowhere/zoo not found here" in table(text, "Zoo architectures unknown")
+    assert re.search(r"\| TGR \| ours \| 44\.00 ± 0\.60 \[\d\] \| 56\.00 ± 0\.60 \[\d\] \|", ma)
+    main = table(text, "Main results")
+    assert re.search(r"\| TGR \| ours \| 40\.00 ± 0\.60 \[\d\] \| 38\.00 ± 0\.60 \[\d\] \|", main)
+    unknown = table(text, "Zoo architectures unknown")
+    assert "`lost`: zoo /nowhere/zoo not found here" in unknown and "fetched" not in unknown
 
 
 def _analyses(root: Path) -> None:

@@ -219,9 +219,10 @@ def test_mixed_architecture_zoo_and_zoo_size(tmp_path):
     assert res["epochs_run"] == 3
     rows = [json.loads(x) for x in (run_dir(tmp_path / "runs") / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["teachers"] == ["0", "1", "2", "3"]  # both architectures in one epoch
+    assert res["zoo_archs"] == ["conv4", "resnet10", "conv4", "resnet10"]  # the report needs no copy of the zoo
     sub = train(tiny(tmp_path / "zoo", tmp_path / "sub", epochs=1, grouping="off", zoo_size=2, teachers_per_epoch=2))
     rows = [json.loads(x) for x in (run_dir(tmp_path / "sub") / "metrics.jsonl").read_text().splitlines()]
-    assert sub["epochs_run"] == 1 and len(rows[0]["teachers"]) == 2
+    assert sub["epochs_run"] == 1 and len(rows[0]["teachers"]) == 2 and len(sub["zoo_archs"]) == 2  # the subset
     with pytest.raises(DfmetaError, match="zoo_size"):
         train(tiny(tmp_path / "zoo", tmp_path / "bad", zoo_size=9))
 

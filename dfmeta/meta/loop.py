@@ -304,6 +304,8 @@ class MetaTrainer:
         best = torch.load(self.run.path / "best.pt", map_location=self.device, weights_only=True)
         out: dict[str, Any] = {"method": self.method, "dataset": cfg.dataset, "epochs_run": self.epoch,
                                "selected_epoch": self.best["epoch"], "val_acc": self.best["acc"], "test": {}}
+        if self.zoo is not None:  # the teachers this run used: its report needs no copy of the zoo
+            out["zoo_archs"] = [t.arch for t in self.zoo.teachers]
         for k in cfg.shots:
             res = cfg.evaluator(self.test_splits, k, self.device)(self.model, best)
             out["test"][str(k)] = res.as_dict()

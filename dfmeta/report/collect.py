@@ -200,9 +200,13 @@ def find_run_dirs(paths: list[str] | tuple[str, ...]) -> list[Path]:
     return sorted(unique.values(), key=lambda d: str(d))
 
 
-def zoo_archs(config: dict[str, Any]) -> tuple[tuple[str, ...] | None, str]:
-    """The architectures of the run's zoo from ``<zoo>/manifest.json``, or None and why."""
+def zoo_archs(config: dict[str, Any], results: dict[str, Any] | None = None
+              ) -> tuple[tuple[str, ...] | None, str]:
+    """The architectures of the teachers a run used: from its results (``zoo_archs``), else from
+    ``<zoo>/manifest.json`` (runs written before results named them); or None and why."""
     from dfmeta.zoo.format import read_manifest
+    if results is not None and isinstance(results.get("zoo_archs"), list):
+        return tuple(str(a) for a in results["zoo_archs"]), ""
     zoo = config.get("zoo")
     if not zoo:
         return None, ""
@@ -253,7 +257,7 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     if kind == "train":  # a run older than a config field had that field's default
         run.defaults = config_defaults(run.method)
         run.config = {**run.defaults, **config}
-    run.archs, run.zoo_note = zoo_archs(config)
+    run.archs, run.zoo_note = zoo_archs(config, results)
     if run.kind != "analysis":
         for k, res in run._by_shot().items():
             if not (k.isdigit() and isinstance(res, dict) and isinstance(res.get("acc"), (int, float))
