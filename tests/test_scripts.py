@@ -78,3 +78,51 @@ def test_ablation_grid_end_to_end(tmp_path) -> None:
 
     again = grid()  # every variant finished: nothing is trained again
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(variants), again.stdout
+
+
+def _multi_arch(out: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "multi_arch.sh"), str(out)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_multi_arch_checks_its_arguments(tmp_path) -> None:
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "multi_arch.sh")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "TEACHERS" in r.stdout  # usage
+    for env, says in (({"SHOT": "3"}, "SHOT must be 1 or 5"), ({"LANES": "0"}, "positive integers, got '0'")):
+        r = _multi_arch(tmp_path / "out", tmp_path, **env)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+def test_multi_arch_end_to_end(tmp_path) -> None:
+    """Toy Table 3: a mixed zoo and a Conv4 zoo of the same teachers' classes, grouped, meta-trained, reported in
+    Table 3 and Table 1; a rerun trains nothing again."""
+    from dfmeta.zoo import load_zoo
+    env = dict(TEACHERS="5", LANES="2", DATASET="embedded", ARCHS="conv4 resnet10",
+               ZOO_EXTRA="--image-size 16 --epochs 1 --device cpu --threads 1", GROUP_EXTRA=TOY_GROUP, EXTRA=TOY_TRAIN)
+    out = tmp_path / "out"
+    r = _multi_arch(out, tmp_path, **env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    mixed, conv4 = load_zoo(out / "zoo-mixed").teachers, load_zoo(out / "zoo-conv4").teachers
+    assert {t.arch for t in mixed} == {"conv4", "resnet10"} and {t.arch for t in conv4} == {"conv4"}
+    assert [t.class_names for t in mixed] == [t.class_names for t in conv4]  # the same tasks, other architectures
+    runs = {}
+    for name, archs in (("zoo-mixed", [t.arch for t in mixed]), ("zoo-conv4", ["conv4"] * 5)):
+        (run,) = [p for p in (out / "runs" / f"{name}-seed0").iterdir() if p.is_dir()]
+        res = json.loads((run / "results.json").read_text())
+        assert res["zoo_archs"] == archs and res["test"], name
+        assert json.loads((run / "config.json").read_text())["groups_from"] == str(out / "groups" / name)
+        runs[name] = run
+    # the report names a run by its directory, with its parent where both runs started in the same second
+    same = runs["zoo-mixed"].name == runs["zoo-conv4"].name
+    shown = {n: f"`{r.parent.name}/{r.name}`" if same else f"`{r.name}`" for n, r in runs.items()}
+    report = (out / "report.md").read_text()
+    table3 = report.split("## Multi-architecture scenario (Table 3)")[1].split("\n## ")[0]
+    table1 = report.split("## Main results (Table 1)")[1].split("\n## ")[0]
+    assert shown["zoo-mixed"] in table3 and shown["zoo-conv4"] not in table3
+    assert shown["zoo-conv4"] in table1 and shown["zoo-mixed"] not in table1
+
+    again = _multi_arch(out, tmp_path, **env)
+    assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2, again.stdout
+    assert "== groups" not in again.stdout
