@@ -106,7 +106,9 @@ def test_deferred_meta_test_chain(zoo, tmp_path, monkeypatch):
 def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):
     """rec_prefetch: the tasks of 3 epochs recovered in one batched computation give the same run, also when a stop
     and resume falls inside a prefetched window. Float32 tolerance on the logged losses (1e-4 relative); parameters
-    are not compared elementwise: Adam turns 1e-7 gradient differences of near-zero gradients into lr-sized steps."""
+    are not compared elementwise: Adam turns 1e-7 gradient differences of near-zero gradients into lr-sized steps.
+    For the same reason the meta-test accuracy may differ by one of its 225 queries (3 episodes of 75): seen on a
+    machine with AVX-512, where the losses still agreed to 1e-6."""
     ref = train(tiny(zoo, tmp_path / "a", rec_prefetch=1))
     ahead = train(tiny(zoo, tmp_path / "b", rec_prefetch=3))
     stopped = train(tiny(zoo, tmp_path / "c", rec_prefetch=3, stop_after=2))
@@ -122,7 +124,8 @@ def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):
         for r, w in zip(got, want):
             for k in keys:
                 assert r.get(k) == pytest.approx(w.get(k), rel=1e-4), (r.get("epoch"), k)
-        assert res["test"]["1"]["acc"] == pytest.approx(ref["test"]["1"]["acc"], abs=1e-6)
+        one_query = 100 / (3 * 5 * 15)
+        assert res["test"]["1"]["acc"] == pytest.approx(ref["test"]["1"]["acc"], abs=one_query + 1e-3)
 
 
 def test_metrics_and_honest_selection(zoo, tmp_path):
