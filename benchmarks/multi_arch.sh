@@ -46,7 +46,7 @@ build() {  # name, architectures...
       $ZOO_EXTRA > "$OUT/$name.$s.log" 2>&1 &
   done
   ok=0; for ((s = 0; s < LANES; s++)); do wait -n || ok=1; done
-  [ $ok -eq 0 ] || { echo "!! zoo $name failed: $OUT/$name.*.log"; exit 1; }
+  [ $ok -eq 0 ] || { echo "!! zoo $name failed ($OUT/$name.*.log): $(tail -qn 1 "$OUT/$name".*.log | sort -u)"; exit 1; }
 }
 # shellcheck disable=SC2086
 build zoo-mixed $ARCHS
