@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# TGR's ablations (the paper's Tables 4, 5, 6 and 8) in one command: every variant meta-trained on one zoo with the
+# TGR's ablations (the paper's Tables 4, 5, 6 and 8, and Fig. 6) in one command: every variant meta-trained on one zoo with the
 # same seed, settings and epochs, selected on meta-val and meta-tested once; then `dfmeta report` renders the tables.
 # The task groups are computed once per (mode, c) by `dfmeta group` (the Fisher matrix W once, reused for every c)
 # and shared by the runs through --groups-from. Run from the repository root.
 #
 #   bash benchmarks/ablation_grid.sh ZOO OUT [VARIANT ...]
 #     VARIANT: tgr vanilla grouping-only igr-only kd-only ce-only similarity groups-C (C = 1..9)
+#              teachers-N (Fig. 6: TGR on a seeded subset of N teachers, grouped from the zoo's W; small groups
+#              merged into the largest)
 #     default: tgr vanilla grouping-only igr-only kd-only ce-only similarity groups-3
 #   environment:
 #     SETTING      the paper setting (preset), default cifar-fs-1shot
@@ -20,15 +22,17 @@
 #     bash benchmarks/ablation_grid.sh .carry/zoo runs/ablations
 # A variant whose run finished (OUT/runs/VARIANT.done) is skipped on a rerun; an interrupted one starts again.
 set -uo pipefail
-if [ $# -lt 2 ]; then sed -n '6,20p' "$0"; exit 2; fi
+if [ $# -lt 2 ]; then sed -n '7,22p' "$0"; exit 2; fi
 ZOO=$1; OUT=$2; shift 2
 VARIANTS=${*:-tgr vanilla grouping-only igr-only kd-only ce-only similarity groups-3}
 export ZOO OUT SETTING=${SETTING:-cifar-fs-1shot} EXTRA=${EXTRA:-} GROUP_EXTRA=${GROUP_EXTRA:-}
 [ -d "$ZOO" ] || { echo "ablation_grid: zoo $ZOO not found (a dfmeta zoo directory expected)" >&2; exit 2; }
 for v in $VARIANTS; do
   case "$v" in tgr|vanilla|grouping-only|igr-only|kd-only|ce-only|similarity|groups-[1-9]) ;;
+    teachers-*) [[ ${v#teachers-} =~ ^[1-9][0-9]*$ ]] || { echo "ablation_grid: '$v': teachers-N needs a number" \
+                  "N >= 1" >&2; exit 2; } ;;
     *) echo "ablation_grid: unknown variant '$v' (expected tgr, vanilla, grouping-only, igr-only, kd-only, ce-only," \
-            "similarity or groups-1..9)" >&2; exit 2 ;;
+            "similarity, groups-1..9 or teachers-N)" >&2; exit 2 ;;
   esac
 done
 mkdir -p "$OUT/groups" "$OUT/runs"
@@ -60,13 +64,14 @@ train_variant() {
   v=$1
   [ -f "$OUT/runs/$v.done" ] && { echo "== $v: done before, skipped"; return 0; }
   read -r mode c <<< "$(groups_of "$v")"
-  preset=$v; [ "$v" = tgr ] && preset=""
+  preset=$v; size=(); [ "$v" = tgr ] && preset=""
+  case "$v" in teachers-*) preset=""; size=(--zoo-size "${v#teachers-}" --small-groups merge) ;; esac
   from=(); [ -n "$mode" ] && from=(--groups-from "$OUT/groups/$mode-$c")
   rm -rf "${OUT:?}/runs/$v"; mkdir -p "$OUT/runs/$v"
   echo "== $v: started $(date +%T)"
   # shellcheck disable=SC2086
   if python -m dfmeta.cli train --preset "$SETTING" $preset --zoo "$ZOO" --out-dir "$OUT/runs/$v" "${from[@]}" \
-       $EXTRA > "$OUT/runs/$v.log" 2>&1; then
+       "${size[@]}" $EXTRA > "$OUT/runs/$v.log" 2>&1; then
     touch "$OUT/runs/$v.done"; echo "== $v: finished $(date +%T): $(grep -h '^meta-test' "$OUT/runs/$v.log" | tr '\n' ' ')"
   else
     echo "!! $v failed: $OUT/runs/$v.log"

@@ -319,6 +319,31 @@ def spectral_groups(W: np.ndarray, groups: int, mode: str = "dissimilarity", see
     return np.array([order[c] for c in raw.tolist()], np.int64)
 
 
+
+def regroup(run_dir: str | Path, ids: list[str], groups: int, mode: str) -> np.ndarray:
+    """Labels for the teachers ``ids`` from a `dfmeta group` run's cached W: its rows and columns of those teachers
+    (each W_ij depends only on teachers i and j), clustered again into ``groups`` by ``mode`` with the run's seed.
+
+    So one grouping of the whole zoo serves a seeded subset (``--zoo-size``, Fig. 6), another c (Table 6) or the
+    similarity mode (Table 8) without recovering a task again.
+    """
+    path = Path(run_dir) / CACHE_FILE
+    if not path.is_file():
+        raise DfmetaError(f"{path}: not found; regrouping (another c, mode or teacher subset than the group run's) "
+                          f"needs the run's cached W")
+    with np.load(path) as z:
+        W, cached = z["W"], [str(i) for i in z["teacher_ids"]]
+    where = {t: k for k, t in enumerate(cached)}
+    missing = [t for t in ids if t not in where]
+    if missing:
+        raise DfmetaError(f"{path}: W has no row for teacher {missing[0]} ({len(missing)} of this run's {len(ids)} "
+                          f"teachers missing; the group run used another zoo)")
+    config = Path(run_dir) / "config.json"
+    seed = json.loads(config.read_text()).get("seed", 42) if config.is_file() else 42
+    idx = [where[t] for t in ids]
+    return spectral_groups(W[np.ix_(idx, idx)], groups, mode, seed)
+
+
 # ---------------------------------------------------------------------------------------------------------- all
 def cache_key(cfg: GroupingConfig, ids: list[str], extra: dict | None = None) -> str:
     """What W depends on: the probe settings, the teachers and ``extra`` (e.g. the recovery settings)."""

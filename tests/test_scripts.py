@@ -45,7 +45,7 @@ def test_ablation_grid_end_to_end(tmp_path) -> None:
     zoo = make_zoo(tmp_path / "zoo", n=6)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "LANES": "2", "EXTRA": TOY_TRAIN, "GROUP_EXTRA": TOY_GROUP}
-    variants = ["tgr", "vanilla", "similarity", "groups-2"]
+    variants = ["tgr", "vanilla", "similarity", "groups-2", "teachers-5"]
 
     def grid() -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(ROOT / "benchmarks" / "ablation_grid.sh"), str(zoo), str(tmp_path / "out"),
@@ -69,11 +69,16 @@ def test_ablation_grid_end_to_end(tmp_path) -> None:
         cfg = json.loads((run / "config.json").read_text())
         assert json.loads((run / "results.json").read_text())["test"], v
         expect = {"tgr": ("dissimilarity", "first", 5), "vanilla": ("off", "off", 5),
-                  "similarity": ("similarity", "first", 5), "groups-2": ("dissimilarity", "first", 2)}[v]
+                  "similarity": ("similarity", "first", 5), "groups-2": ("dissimilarity", "first", 2),
+                  "teachers-5": ("dissimilarity", "first", 5)}[v]
         assert (cfg["grouping"], cfg["igr"], cfg["groups"]) == expect, v
         assert bool(cfg["groups_from"]) == (v != "vanilla"), v
+        assert cfg["zoo_size"] == (5 if v == "teachers-5" else 0), v
+    # the subset is grouped from the zoo's W (no second recovery), its 5 teachers clustered again
+    sub = json.loads(next((out / "runs" / "teachers-5").glob("*/groups.json")).read_text())
+    assert sub["regrouped"] and len(sub["labels"]) == 5
     report = (out / "report.md").read_text()
-    for title in ("Table 4", "Table 6", "Table 8"):
+    for title in ("Table 4", "Table 6", "Table 8", "Fig. 6"):
         assert title in report, title
 
     again = grid()  # every variant finished: nothing is trained again

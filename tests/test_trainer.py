@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_zoo
@@ -231,14 +233,43 @@ def test_mixed_architecture_zoo_and_zoo_size(tmp_path):
 
 
 def test_groups_from_a_group_run(zoo, tmp_path):
+    """Same teachers, mode and c: the labels as they are; another c or a teacher subset: the cached W regrouped."""
     from dfmeta.cli import main
-    assert main(["group", "--zoo", str(zoo), "--steps", "2", "--per-class", "2", "--nf", "8", "--groups", "2",
-                 "--fisher-samples", "2", "--out-dir", str(tmp_path / "g"), "--device", "cpu"]) == 0
+    from dfmeta.grouping import spectral_groups
+    from dfmeta.zoo.format import load_zoo, save_teacher, write_manifest
+    args = ["group", "--steps", "2", "--per-class", "2", "--nf", "8", "--fisher-samples", "2", "--device", "cpu"]
+    assert main(args + ["--zoo", str(zoo), "--groups", "2", "--out-dir", str(tmp_path / "g")]) == 0
     (grun,) = (tmp_path / "g").iterdir()
     labels = json.loads((grun / "groups.json").read_text())["labels"]
     train(tiny(zoo, tmp_path / "t", epochs=1, groups_from=str(grun)))
-    assert json.loads((run_dir(tmp_path / "t") / "groups.json").read_text())["labels"] == labels
-    with pytest.raises(DfmetaError, match="into 2 groups, this run asks for dissimilarity into 3"):
-        train(tiny(zoo, tmp_path / "bad", groups=3, groups_from=str(grun)))
+    got = json.loads((run_dir(tmp_path / "t") / "groups.json").read_text())
+    assert got["labels"] == labels and not got["regrouped"]
+
+    # another c: the labels `dfmeta group --groups 3` gives on the same W
+    shutil.copytree(grun, tmp_path / "g3")
+    assert main(args + ["--zoo", str(zoo), "--groups", "3", "--run-dir", str(tmp_path / "g3")]) == 0
+    train(tiny(zoo, tmp_path / "c3", epochs=1, groups=3, groups_from=str(grun)))
+    got = json.loads((run_dir(tmp_path / "c3") / "groups.json").read_text())
+    assert got["regrouped"] and got["labels"] == json.loads((tmp_path / "g3" / "groups.json").read_text())["labels"]
+
+    # a --zoo-size subset: W's rows and columns of its teachers, clustered again
+    train(tiny(zoo, tmp_path / "sub", epochs=1, zoo_size=4, groups_from=str(grun)))
+    got = json.loads((run_dir(tmp_path / "sub") / "groups.json").read_text())
+    with np.load(grun / "fisher.npz") as z:
+        where = {str(t): k for k, t in enumerate(z["teacher_ids"])}
+        idx = [where[t] for t in got["teacher_ids"]]
+        w_sub = z["W"][np.ix_(idx, idx)]
+    assert len(idx) == 4 and got["regrouped"] and sorted(idx) != list(range(4))
+    assert got["labels"] == spectral_groups(w_sub, 2, "dissimilarity", 42).tolist()
+    teachers = {t.id: t for t in load_zoo(zoo).teachers}
+    write_manifest(tmp_path / "subzoo", [save_teacher(tmp_path / "subzoo", teachers[t]) for t in got["teacher_ids"]])
+    assert main(args + ["--zoo", str(tmp_path / "subzoo"), "--groups", "2", "--out-dir", str(tmp_path / "gs")]) == 0
+    (gsub,) = (tmp_path / "gs").iterdir()
+
     with pytest.raises(DfmetaError, match="not found"):
         train(tiny(zoo, tmp_path / "bad2", groups_from=str(tmp_path)))
+    with pytest.raises(DfmetaError, match="W has no row for teacher"):
+        train(tiny(zoo, tmp_path / "bad3", groups_from=str(gsub)))  # grouped 4 of the zoo's 6 teachers
+    (tmp_path / "g3" / "fisher.npz").unlink()
+    with pytest.raises(DfmetaError, match="fisher.npz: not found; regrouping"):
+        train(tiny(zoo, tmp_path / "bad4", groups=2, groups_from=str(tmp_path / "g3")))

@@ -44,8 +44,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     small_groups: Literal["error", "merge"] = "error"
     """A group with fewer than m teachers: stop with an error, or merge it into the largest group."""
     groups_from: str = ""
-    """Take the task groups from this `dfmeta group` run directory (its groups.json: same teachers, mode and c)
-    instead of computing them (group once, train many runs)."""
+    """Take the task groups from this `dfmeta group` run directory instead of computing them (group once, train
+    many runs): its groups.json when it grouped the same teachers with this mode and c, else its cached W clustered
+    again for this run's teachers (a --zoo-size subset), mode and c."""
     probe_weights: str = ""
     """ImageNet ResNet-34 weights (torchvision format) for the Fisher probe; empty: the data-free fallback."""
     fisher_samples: int = 0
@@ -199,26 +200,27 @@ class Trainer(MetaTrainer):
         return labels
 
     def groups_of_run(self, run_dir: str) -> np.ndarray:
-        """The labels of a `dfmeta group` run, checked against this run's zoo and settings, cached here."""
+        """The labels of a `dfmeta group` run, cached here: taken as they are when the run grouped these teachers
+        with this mode and c, else clustered again from its W (:func:`dfmeta.grouping.regroup`)."""
         cfg, path = self.cfg, Path(run_dir) / "groups.json"
         if not path.is_file():
             raise DfmetaError(f"field 'groups_from': {path} not found (a `dfmeta group` run directory expected)")
         g = json.loads(path.read_text())
         ids = [t.id for t in self.zoo.teachers]
-        if g.get("teacher_ids") != ids:
-            raise DfmetaError(f"{path}: grouped teachers {len(g.get('teacher_ids') or [])} differ from this run's "
-                              f"{len(ids)} (another zoo, or --zoo-size)")
-        if g.get("mode") != cfg.grouping or g.get("groups") != cfg.groups:
-            raise DfmetaError(f"{path}: {g.get('mode')} grouping into {g.get('groups')} groups, this run asks for "
-                              f"{cfg.grouping} into {cfg.groups} (--grouping, --groups)")
-        labels = np.asarray(g["labels"], np.int64)
+        same = (g.get("teacher_ids"), g.get("mode"), g.get("groups")) == (ids, cfg.grouping, cfg.groups)
+        if same:
+            labels = np.asarray(g["labels"], np.int64)
+        else:
+            from dfmeta.grouping import regroup
+            labels = regroup(run_dir, ids, cfg.groups, cfg.grouping)
         buf = io.BytesIO()
         np.savez(buf, labels=labels)
         atomic_write(self.run.path / "groups.npz", buf.getvalue())
         self.run.write_json("groups.json", {"labels": labels.tolist(), "teacher_ids": ids,
                                             "sizes": np.bincount(labels, minlength=cfg.groups).tolist(),
-                                            "from": str(path)})
-        print(f"  grouping: taken from {path}", flush=True)
+                                            "from": str(path), "regrouped": not same})
+        how = "taken from" if same else f"{cfg.grouping} into {cfg.groups}, {len(ids)} teachers, from the W of"
+        print(f"  grouping: {how} {path}", flush=True)
         return labels
 
     def usable_groups(self, labels: np.ndarray) -> np.ndarray:
