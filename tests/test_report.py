@@ -318,7 +318,8 @@ def test_settings_outside_the_paper_are_other_runs(tmp_path) -> None:
 def test_meta_val_curves(tmp_path) -> None:
     pytest.importorskip("matplotlib")
     runs = tmp_path / "runs"
-    done = train_run(runs, "cifar-fs__tgr__0__x", {1: (40.0, 0.6)}, epochs=10, epochs_run=10, selected=4)
+    done = train_run(runs, "cifar-fs__tgr__0__x", {1: (40.0, 0.6)}, epochs=10, epochs_run=10, selected=4,
+                     zoo="/z/zoo-mixed")
     val = {2: 30.0, 4: 33.5, 6: 33.5, 8: 31.0, 10: 32.0}  # a tie at 4 and 6: the earlier is the loop's pick
     rows = [json.loads(line) for line in (done / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
@@ -328,14 +329,15 @@ def test_meta_val_curves(tmp_path) -> None:
     train_run(runs, "cifar-fs__tgr__1__x", None, epochs=10, epochs_run=3)  # unfinished: no numbers reported
     train_run(runs, "cifar-fs__tgr__2__x", {1: (39.0, 0.6)}, epochs=10, epochs_run=10)  # no validation logged
     for parent in ("a", "b"):  # one directory name under two parents: two rows, told apart by the parent
-        twin = train_run(runs / parent, "cifar-fs__tgr__3__x", {1: (38.0, 0.6)}, epochs=2, epochs_run=2, selected=2)
+        twin = train_run(runs / parent, "cifar-fs__tgr__3__x", {1: (38.0, 0.6)}, epochs=2, epochs_run=2, selected=2,
+                         zoo=f"/z/zoo-{parent}")  # and the zoo each learned from
         (twin / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "val_acc": {"a": 31.0, "b": 32.0}[parent]}) + "\n")
     out = tmp_path / "report.md"
     section = table(build_report([str(runs)], str(out)), "Meta-validation")
-    assert "| `cifar-fs__tgr__0__x` | TGR | 10/10 | 5 | 4 (33.50) | 4 (33.50) | 10 (32.00) |" in section
+    assert "| `cifar-fs__tgr__0__x` | TGR | `zoo-mixed` | 10/10 | 5 | 4 (33.50) | 4 (33.50) | 10 (32.00) |" in section
     assert "cifar-fs__tgr__1__x" not in section and "cifar-fs__tgr__2__x" not in section
-    assert "| `a/cifar-fs__tgr__3__x` | TGR | 2/2 | 1 | 2 (31.00) | 2 (31.00) | 2 (31.00) |" in section
-    assert "| `b/cifar-fs__tgr__3__x` | TGR | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section
+    assert "| `a/cifar-fs__tgr__3__x` | TGR | `zoo-a` | 2/2 | 1 | 2 (31.00) | 2 (31.00) | 2 (31.00) |" in section
+    assert "| `b/cifar-fs__tgr__3__x` | TGR | `zoo-b` | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section
     png = tmp_path / "report_plots" / "meta_val_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(report_plots/meta_val_curves.png)" in section
 

@@ -3,6 +3,8 @@ a reader sees where the selected epoch sits on the curve and whether a run was s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dfmeta.report.cells import md_table, short
 from dfmeta.report.collect import Run
 from dfmeta.report.plots import PlotSink, val_curves_png
@@ -31,6 +33,12 @@ def _method(run: Run) -> str:
                                       if switched else "")
 
 
+def _zoo(run: Run) -> str:
+    """The zoo a run learned from, by its folder's name (a ``zoo_size`` subset shows in the method column)."""
+    zoo = run.config.get("zoo")
+    return f"`{Path(str(zoo)).name}`" if zoo else "—"
+
+
 def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     """``## Meta-validation`` for the finished meta-training runs that logged a validation."""
     curves = {r.shown: (r, c) for r in sorted(runs, key=lambda r: (r.name, r.shown))
@@ -40,9 +48,9 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     rows = []
     for name, (r, c) in curves.items():
         best = max(c, key=lambda p: (p[1], -p[0]))  # the earliest of equal bests, as the training loop selects
-        rows.append([f"`{name}`", _method(r), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
+        rows.append([f"`{name}`", _method(r), _zoo(r), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
                      _at(c, r.selected_epoch), _at(c, c[-1][0])])
-    header = ["run", "method", "epochs run", "validations", "best meta-val: epoch (acc)", "selected: epoch (acc)",
+    header = ["run", "method", "zoo", "epochs run", "validations", "best meta-val: epoch (acc)", "selected: epoch (acc)",
               "last: epoch (acc)"]
     lines = ["## Meta-validation", "", "Meta-val accuracy (%) over training: the model is selected on it, meta-test is "
              "touched once for the selected model.", "", *md_table(header, rows), ""]
