@@ -6,8 +6,8 @@
 #
 #   bash benchmarks/ablation_grid.sh ZOO OUT [VARIANT ...]
 #     VARIANT: tgr vanilla grouping-only igr-only kd-only ce-only similarity groups-C (C = 1..9)
-#              teachers-N (Fig. 6: TGR on a seeded subset of N teachers, grouped from the zoo's W; small groups
-#              merged into the largest)
+#              teachers-N (Fig. 6: TGR on a seeded subset of N teachers, grouped from the zoo's W into the most
+#              groups, at most c, that each hold m teachers: --small-groups fewer)
 #     default: tgr vanilla grouping-only igr-only kd-only ce-only similarity groups-3
 #   environment:
 #     SETTING      the paper setting (preset), default cifar-fs-1shot
@@ -65,13 +65,13 @@ train_variant() {
   [ -f "$OUT/runs/$v.done" ] && { echo "== $v: done before, skipped"; return 0; }
   read -r mode c <<< "$(groups_of "$v")"
   preset=$v; size=(); [ "$v" = tgr ] && preset=""
-  case "$v" in teachers-*) preset=""; size=(--zoo-size "${v#teachers-}" --small-groups merge) ;; esac
+  case "$v" in teachers-*) preset=""; size=(--zoo-size "${v#teachers-}" --small-groups fewer) ;; esac
   from=(); [ -n "$mode" ] && from=(--groups-from "$OUT/groups/$mode-$c")
   rm -rf "${OUT:?}/runs/$v"; mkdir -p "$OUT/runs/$v"
   echo "== $v: started $(date +%T)"
   # shellcheck disable=SC2086
   if python -m dfmeta.cli train --preset "$SETTING" $preset --zoo "$ZOO" --out-dir "$OUT/runs/$v" "${from[@]}" \
-       "${size[@]}" $EXTRA > "$OUT/runs/$v.log" 2>&1; then
+       $EXTRA "${size[@]}" > "$OUT/runs/$v.log" 2>&1; then
     touch "$OUT/runs/$v.done"; echo "== $v: finished $(date +%T): $(grep -h '^meta-test' "$OUT/runs/$v.log" | tr '\n' ' ')"
   else
     echo "!! $v failed: $OUT/runs/$v.log"

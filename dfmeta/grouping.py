@@ -320,17 +320,14 @@ def spectral_groups(W: np.ndarray, groups: int, mode: str = "dissimilarity", see
 
 
 
-def regroup(run_dir: str | Path, ids: list[str], groups: int, mode: str) -> np.ndarray:
-    """Labels for the teachers ``ids`` from a `dfmeta group` run's cached W: its rows and columns of those teachers
-    (each W_ij depends only on teachers i and j), clustered again into ``groups`` by ``mode`` with the run's seed.
-
-    So one grouping of the whole zoo serves a seeded subset (``--zoo-size``, Fig. 6), another c (Table 6) or the
-    similarity mode (Table 8) without recovering a task again.
+def cached_dissimilarity(run_dir: str | Path, ids: list[str]) -> tuple[np.ndarray, int]:
+    """A `dfmeta group` run's cached W restricted to the teachers ``ids`` (its rows and columns, in that order), and
+    the run's clustering seed. Each W_ij depends only on teachers i and j, so this is the W of those teachers' tasks.
     """
     path = Path(run_dir) / CACHE_FILE
     if not path.is_file():
-        raise DfmetaError(f"{path}: not found; regrouping (another c, mode or teacher subset than the group run's) "
-                          f"needs the run's cached W")
+        raise DfmetaError(f"{path}: not found; regrouping (another c, mode or teacher subset than the group run's, or "
+                          f"--small-groups fewer) needs the run's cached W")
     with np.load(path) as z:
         W, cached = z["W"], [str(i) for i in z["teacher_ids"]]
     where = {t: k for k, t in enumerate(cached)}
@@ -341,7 +338,28 @@ def regroup(run_dir: str | Path, ids: list[str], groups: int, mode: str) -> np.n
     config = Path(run_dir) / "config.json"
     seed = json.loads(config.read_text()).get("seed", 42) if config.is_file() else 42
     idx = [where[t] for t in ids]
-    return spectral_groups(W[np.ix_(idx, idx)], groups, mode, seed)
+    return W[np.ix_(idx, idx)], int(seed)
+
+
+def regroup(run_dir: str | Path, ids: list[str], groups: int, mode: str) -> np.ndarray:
+    """Labels for the teachers ``ids`` from a `dfmeta group` run's cached W (:func:`cached_dissimilarity`), clustered
+    again into ``groups`` by ``mode`` with the run's seed.
+
+    So one grouping of the whole zoo serves a seeded subset (``--zoo-size``, Fig. 6), another c (Table 6) or the
+    similarity mode (Table 8) without recovering a task again.
+    """
+    W, seed = cached_dissimilarity(run_dir, ids)
+    return spectral_groups(W, groups, mode, seed)
+
+
+def fewer_groups(W: np.ndarray, groups: int, size: int, mode: str = "dissimilarity", seed: int = 42) -> np.ndarray:
+    """Spectral groups of W with the largest c <= ``groups`` whose every group has at least ``size`` members (c = 1
+    at worst): what a zoo too small for c groups of m teachers is grouped into."""
+    for c in range(min(groups, len(W)), 0, -1):
+        labels = spectral_groups(W, c, mode, seed)
+        if np.bincount(labels).min() >= size:
+            return labels
+    return np.zeros(len(W), np.int64)
 
 
 # ---------------------------------------------------------------------------------------------------------- all

@@ -54,6 +54,20 @@ def test_spectral_dissimilarity_groups_dissimilar_models():
         spectral_groups(W, 9)
 
 
+def test_fewer_groups_takes_the_most_groups_of_enough_members():
+    from dfmeta.grouping import fewer_groups
+    truth = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]  # three planted groups of 4 mutually dissimilar models
+    W = planted(truth, 0.9, 0.1)
+    assert adjusted_rand_score(truth, fewer_groups(W, 3, 4)) == 1.0  # c = 3 already gives groups of 4
+    four = spectral_groups(W, 4)
+    assert np.bincount(four).min() < 4  # c = 4 cannot give 4 members each (12 models)...
+    assert adjusted_rand_score(truth, fewer_groups(W, 4, 4)) == 1.0  # ...so c = 3
+    assert not fewer_groups(W, 3, 5).any()  # c = 2 keeps the planted blocks whole (8 + 4): one group
+    assert not fewer_groups(W, 3, 13).any()  # even one group is too small: still one group, the zoo
+    halves = [0, 1] * 6  # two planted groups of 6: c = 5, 4, 3 split one, c = 2 finds them
+    assert adjusted_rand_score(halves, fewer_groups(planted(halves, 0.9, 0.1), 5, 5)) == 1.0
+
+
 def test_dissimilarity_properties():
     torch.manual_seed(0)
     e = [[torch.rand(4, 3), torch.rand(5)] for _ in range(3)]

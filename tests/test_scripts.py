@@ -77,6 +77,7 @@ def test_ablation_grid_end_to_end(tmp_path) -> None:
     # the subset is grouped from the zoo's W (no second recovery), its 5 teachers clustered again
     sub = json.loads(next((out / "runs" / "teachers-5").glob("*/groups.json")).read_text())
     assert sub["regrouped"] and len(sub["labels"]) == 5
+    assert sub["small_groups"] == "fewer" and min(sub["used_sizes"]) >= 2  # c = 5 on 5 teachers: clustered again
     report = (out / "report.md").read_text()
     for title in ("Table 4", "Table 6", "Table 8", "Fig. 6"):
         assert title in report, title

@@ -273,3 +273,34 @@ def test_groups_from_a_group_run(zoo, tmp_path):
     (tmp_path / "g3" / "fisher.npz").unlink()
     with pytest.raises(DfmetaError, match="fisher.npz: not found; regrouping"):
         train(tiny(zoo, tmp_path / "bad4", groups=2, groups_from=str(tmp_path / "g3")))
+
+
+def test_small_groups_fewer_clusters_again(zoo, tmp_path):
+    """A zoo too small for c groups of m teachers: W clustered into the most groups that each have m teachers; the
+    run records both groupings, and a resumed run finds the same groups again from its cache."""
+    from dfmeta.grouping import fewer_groups
+    from dfmeta.zoo import load_zoo
+    cfg = tiny(zoo, tmp_path / "f", epochs=2, val_every=2, groups=3, teachers_per_epoch=3, small_groups="fewer")
+    full = train(cfg)
+    g = json.loads((run_dir(tmp_path / "f") / "groups.json").read_text())
+    assert min(g["sizes"]) < 3 and g["small_groups"] == "fewer"  # c = 3 on 6 teachers left a group too small
+    with np.load(run_dir(tmp_path / "f") / "groups.npz") as z:
+        assert g["used_labels"] == fewer_groups(z["W"], 3, 3, "dissimilarity", int(z["seed"])).tolist()
+    assert min(g["used_sizes"]) >= 3
+    rows = [json.loads(x) for x in (run_dir(tmp_path / "f") / "metrics.jsonl").read_text().splitlines()]
+    used = dict(zip([t.id for t in load_zoo(zoo).teachers], g["used_labels"]))
+    assert all(len({used[t] for t in r["teachers"]}) == 1 for r in rows if "teachers" in r)  # one group per epoch
+    stopped = train(replace(cfg, out_dir=str(tmp_path / "s"), stop_after=1))
+    resumed = train(make(TrainConfig, {"resume": str(run_dir(tmp_path / "s")), "device": "cpu"}))
+    assert stopped == {"stopped_at": 1} and resumed == full
+
+
+def test_small_groups_fewer_needs_w(zoo, tmp_path):
+    from dfmeta.cli import main
+    assert main(["group", "--zoo", str(zoo), "--steps", "2", "--per-class", "2", "--nf", "8", "--groups", "3",
+                 "--fisher-samples", "2", "--out-dir", str(tmp_path / "g"), "--device", "cpu"]) == 0
+    (grun,) = (tmp_path / "g").iterdir()
+    (grun / "fisher.npz").unlink()
+    with pytest.raises(DfmetaError, match="--small-groups fewer needs W"):
+        train(tiny(zoo, tmp_path / "t", groups=3, teachers_per_epoch=3, small_groups="fewer",
+                   groups_from=str(grun)))

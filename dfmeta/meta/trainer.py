@@ -25,6 +25,7 @@ import torch
 
 from dfmeta.config import require
 from dfmeta.errors import DfmetaError
+from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, fast_settings, normalise, recover_tasks,
                             teachers_per_batch)
@@ -41,8 +42,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Task grouping: dissimilarity (TGR), similarity (Table 8 ablation) or off (teachers drawn from the whole zoo)."""
     groups: int = 5
     """c: number of task groups."""
-    small_groups: Literal["error", "merge"] = "error"
-    """A group with fewer than m teachers: stop with an error, or merge it into the largest group."""
+    small_groups: Literal["error", "merge", "fewer"] = "error"
+    """A group with fewer than m teachers: stop with an error, merge it into the largest group, or cluster W again
+    into the most groups (at most c) that each have m teachers (a small zoo, e.g. Fig. 6's)."""
     groups_from: str = ""
     """Take the task groups from this `dfmeta group` run directory instead of computing them (group once, train
     many runs): its groups.json when it grouped the same teachers with this mode and c, else its cached W clustered
@@ -130,6 +132,8 @@ class Trainer(MetaTrainer):
         super().__init__(cfg, run)
         self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix)
         self.groups: np.ndarray | None = None
+        self.group_W: np.ndarray | None = None  # W of the grouped teachers, when known (for small_groups="fewer")
+        self.group_seed = GroupingConfig.seed
         self.prefetched: dict[int, list] = {}  # epoch -> its recovered tasks (see rec_prefetch)
         self.replay_step = None  # the MAML meta-batch step, graphed on CUDA (made once: fixed parameter tensors)
 
@@ -150,7 +154,13 @@ class Trainer(MetaTrainer):
         print(f"  speed: recovery in {'bf16' if amp else 'float32'}, {batching} batching{compiled}, "
               f"{'CUDA-graph' if graph else 'eager'} steps, {ahead} epoch(s) per recovery; replay "
               f"{'CUDA-graph' if graphed else 'eager'}", flush=True)
-        self.groups = self.usable_groups(self.group())
+        labels = self.group()
+        self.groups = self.usable_groups(labels)
+        if not np.array_equal(self.groups, labels):
+            g = json.loads((self.run.path / "groups.json").read_text())
+            self.run.write_json("groups.json", {**g, "small_groups": self.cfg.small_groups,
+                                                "used_labels": self.groups.tolist(),
+                                                "used_sizes": np.bincount(self.groups).tolist()})
 
     def extra_state(self) -> dict[str, Any]:
         return {"bank": self.bank.state_dict()}
@@ -165,17 +175,20 @@ class Trainer(MetaTrainer):
                               bn_weight=c.rec_bn_weight, augment=c.rec_augment, **c.fast_recovery())
 
     def group(self) -> np.ndarray:
-        """Task grouping (Eq. 5-7), cached in the run directory."""
+        """Task grouping (Eq. 5-7), cached in the run directory (with W and the clustering seed, for
+        ``small_groups="fewer"``)."""
         cfg = self.cfg
         path = self.run.path / "groups.npz"
         if cfg.grouping == "off":
             return np.zeros(len(self.zoo), np.int64)
         if path.exists():
             with np.load(path) as z:
+                self.group_W = z["W"] if "W" in z else None
+                self.group_seed = int(z["seed"]) if "seed" in z else GroupingConfig.seed
                 return z["labels"]
         if cfg.groups_from:
             return self.groups_of_run(cfg.groups_from)
-        from dfmeta.grouping import GroupingConfig, group_teachers
+        from dfmeta.grouping import group_teachers
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
@@ -189,9 +202,7 @@ class Trainer(MetaTrainer):
                               fisher_samples=cfg.fisher_samples)
         labels, W, info = group_teachers(self.zoo, tasks, gcfg, self.device)
         labels = np.asarray(labels, np.int64)
-        buf = io.BytesIO()
-        np.savez(buf, labels=labels, W=W)
-        atomic_write(path, buf.getvalue())
+        self.save_groups(labels, W, gcfg.seed)
         sizes = np.bincount(labels, minlength=cfg.groups).tolist()
         self.run.write_json("groups.json", {"labels": labels.tolist(), "sizes": sizes,
                                             "teacher_ids": [t.id for t in self.zoo.teachers],
@@ -208,14 +219,12 @@ class Trainer(MetaTrainer):
         g = json.loads(path.read_text())
         ids = [t.id for t in self.zoo.teachers]
         same = (g.get("teacher_ids"), g.get("mode"), g.get("groups")) == (ids, cfg.grouping, cfg.groups)
-        if same:
-            labels = np.asarray(g["labels"], np.int64)
-        else:
-            from dfmeta.grouping import regroup
-            labels = regroup(run_dir, ids, cfg.groups, cfg.grouping)
-        buf = io.BytesIO()
-        np.savez(buf, labels=labels)
-        atomic_write(self.run.path / "groups.npz", buf.getvalue())
+        from dfmeta.grouping import CACHE_FILE, cached_dissimilarity, spectral_groups
+        W, seed = None, GroupingConfig.seed
+        if not same or (Path(run_dir) / CACHE_FILE).is_file():
+            W, seed = cached_dissimilarity(run_dir, ids)
+        labels = np.asarray(g["labels"], np.int64) if same else spectral_groups(W, cfg.groups, cfg.grouping, seed)
+        self.save_groups(labels, W, seed)
         self.run.write_json("groups.json", {"labels": labels.tolist(), "teacher_ids": ids,
                                             "sizes": np.bincount(labels, minlength=cfg.groups).tolist(),
                                             "from": str(path), "regrouped": not same})
@@ -223,15 +232,33 @@ class Trainer(MetaTrainer):
         print(f"  grouping: {how} {path}", flush=True)
         return labels
 
+    def save_groups(self, labels: np.ndarray, W: np.ndarray | None, seed: int) -> None:
+        """Cache the labels, W (when known) and the clustering seed in the run's ``groups.npz``."""
+        self.group_W, self.group_seed = W, seed
+        buf = io.BytesIO()
+        np.savez(buf, labels=labels, seed=seed, **({} if W is None else {"W": W}))
+        atomic_write(self.run.path / "groups.npz", buf.getvalue())
+
     def usable_groups(self, labels: np.ndarray) -> np.ndarray:
-        """Check that every group can supply m teachers (or merge small groups into the largest, if asked)."""
+        """Check that every group can supply m teachers; else, if asked, merge the small groups into the largest, or
+        cluster W again into fewer groups (:func:`dfmeta.grouping.fewer_groups`)."""
         m, labels = self.cfg.teachers_per_epoch, labels.copy()
         sizes = np.bincount(labels)
         small = [int(g) for g in np.flatnonzero(sizes) if sizes[g] < m]
         if small and self.cfg.small_groups == "error":
             raise DfmetaError(f"a task group has {sizes[small[0]]} teachers, fewer than m = {m} (group sizes "
                               f"{sizes.tolist()}); use fewer --groups, a smaller --teachers-per-epoch, or "
-                              f"--small-groups merge")
+                              f"--small-groups merge or fewer")
+        if small and self.cfg.small_groups == "fewer":
+            from dfmeta.grouping import fewer_groups
+            if self.group_W is None:
+                raise DfmetaError(f"--small-groups fewer needs W, but the groups came without it (group sizes "
+                                  f"{sizes.tolist()}; a group run without fisher.npz); use --small-groups merge")
+            labels = fewer_groups(self.group_W, self.cfg.groups, m, self.cfg.grouping, self.group_seed)
+            print(f"  grouping: c = {self.cfg.groups} left a group with fewer than m = {m} teachers (sizes "
+                  f"{sizes.tolist()}); clustered again into {labels.max() + 1} groups of sizes "
+                  f"{np.bincount(labels).tolist()}", flush=True)
+            return labels
         for g in small:
             labels[labels == g] = int(np.argmax(sizes))
         if small:

@@ -256,7 +256,7 @@ def _groups(run: Run) -> Hashable:
 
 
 def n_teachers(run: Run) -> int | str:
-    """Teachers the run used: ``zoo_size``, else the whole zoo's size if its manifest was found, else ``all``."""
+    """Teachers the run used: ``zoo_size``, else how many its results (or its zoo's manifest) name, else ``all``."""
     size = run.config.get("zoo_size") or 0
     return size or (len(run.archs) if run.archs else "all")
 
