@@ -365,3 +365,28 @@ def test_same_named_runs_are_told_apart_everywhere(tmp_path) -> None:
     found = [Run(Path(p), "train", {}) for p in ("/r/x/a/n", "/r/y/a/n", "/r/z/b/n", "/r/m")]
     label_runs(found)
     assert [r.shown for r in found] == ["x/a/n", "y/a/n", "b/n", "m"]
+
+
+def test_small_groups_splits_rows_only_where_it_acted(tmp_path) -> None:
+    """Fig. 6's small zoos need --small-groups: a run whose groups were all large enough ran as the default would, so
+    it shares a row with default runs; runs where merge and fewer changed the groups keep rows of their own."""
+    runs = tmp_path / "runs"
+
+    def run(name: str, size: int, how: str, sizes: list[int] | None, acc: float) -> None:
+        d = train_run(runs, name, {1: (acc, 0.7)}, zoo_size=size, small_groups=how, teachers_per_epoch=4)
+        if sizes is not None:
+            _write(d, "groups.json", {"labels": [], "sizes": sizes})
+
+    run("z81", 0, "error", [21, 21, 17, 16, 6], 34.0)
+    run("z40", 40, "fewer", [11, 9, 11, 5, 4], 36.5)  # no group below m = 4: fewer did nothing
+    run("z20", 20, "fewer", [4, 3, 4, 7, 2], 36.0)
+    run("z10", 10, "fewer", [3, 3, 2, 1, 1], 35.4)
+    text = table(build_report([str(runs)]), "Accuracy against the number")
+    rows = [ln for ln in text.splitlines() if ln.startswith("| TGR")]
+    assert len(rows) == 1 and "small_groups" not in rows[0], text  # one curve: fewer acted only where it had to
+    assert "small_groups=fewer" in text.split("`z10`")[1].splitlines()[0]  # the footnote says where it acted
+    assert "small_groups" not in text.split("`z40`")[1].splitlines()[0]
+    run("m10", 10, "merge", [3, 3, 2, 1, 1], 35.2)  # another way of handling small groups: a row of its own
+    run("old", 20, "merge", None, 36.1)  # no groups.json: taken as configured
+    rows = [ln for ln in table(build_report([str(runs)]), "Accuracy against the number").splitlines() if ln.startswith("| TGR")]
+    assert len(rows) == 3 and sum("small_groups=merge" in r for r in rows) == 1, rows

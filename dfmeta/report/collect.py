@@ -24,6 +24,9 @@ ABLATION_DEFAULTS: dict[str, Any] = dict(grouping="dissimilarity", igr="first", 
 # Config fields that do not change what a run measures (machine, paths, stopping and resuming).
 IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "groups_from", "resume", "run_dir",
            "stop_after", "time_limit", "episode_batch", "shots"}
+# A config value that had no effect on the run (``small_groups`` where no group was small): it neither splits rows
+# nor shows as set away from the defaults.
+NOT_APPLIED = "n/a"
 # Fields that place a run in a table (its row or column).
 COORDINATES = {"dataset", "train_shot", "method", "split", *ABLATION_DEFAULTS}
 
@@ -154,8 +157,19 @@ class Run:
         """Settings a meta-training run set away from its method's defaults (the paper's sizes: recovery, replay,
         validation, ...), other than table coordinates, machine and path fields and the epochs (reported apart)."""
         skip = IGNORED | COORDINATES | {"epochs"}
-        return {k: v for k, v in self.config.items() if k in self.defaults and k not in skip
+        return {k: v for k, v in self.config.items() if k in self.defaults and k not in skip and v != NOT_APPLIED
                 and json.dumps(v, sort_keys=True) != json.dumps(self.defaults[k], sort_keys=True)}
+
+    def small_groups_acted(self) -> bool:
+        """Whether ``small_groups`` changed the run's groups: some group of its ``groups.json`` had fewer than m
+        teachers (True where that file is absent). Where none did, merge and fewer ran as the default would."""
+        path = self.path / "groups.json"
+        if not path.is_file():
+            return True
+        sizes, m = read_object(path).get("sizes"), self.config.get("teachers_per_epoch")
+        if not isinstance(sizes, list) or not isinstance(m, int):
+            return True
+        return any(isinstance(n, int) and 0 < n < m for n in sizes)
 
     def shots(self) -> list[int]:
         """The K values with a test result."""
@@ -257,6 +271,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     if kind == "train":  # a run older than a config field had that field's default
         run.defaults = config_defaults(run.method)
         run.config = {**run.defaults, **config}
+        if "small_groups" in run.defaults and not run.small_groups_acted():
+            run.config["small_groups"] = NOT_APPLIED  # no group was small: any value would have run the same
     run.archs, run.zoo_note = zoo_archs(config, results)
     if run.kind != "analysis":
         for k, res in run._by_shot().items():
