@@ -319,6 +319,28 @@ def spectral_groups(W: np.ndarray, groups: int, mode: str = "dissimilarity", see
     return np.array([order[c] for c in raw.tolist()], np.int64)
 
 
+def grouping_stability(W: np.ndarray, labels: np.ndarray, mode: str = "dissimilarity", seed: int = 42,
+                       scale: float = 0.01, tries: int = 5) -> float:
+    """How firmly W determines the groups: the mean adjusted Rand index between ``labels`` and the groups of W plus
+    symmetric Gaussian noise of ``scale`` times the spread (sd) of W's off-diagonal entries, over ``tries`` draws
+    (1: the same groups every time; near 0: chance). Float noise from another CPU, or another recovery seed, moves W
+    by about that much, so groups with a low value are not reproducible across machines.
+    """
+    from sklearn.metrics import adjusted_rand_score
+    W, labels = np.asarray(W, np.float64), np.asarray(labels)
+    c = int(labels.max()) + 1 if len(labels) else 1
+    if c <= 1 or len(W) < 3:
+        return 1.0
+    spread = W[~np.eye(len(W), dtype=bool)].std()
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(tries):
+        noise = rng.standard_normal(W.shape) * scale * spread
+        noise = (noise + noise.T) / 2
+        np.fill_diagonal(noise, 0)
+        scores.append(adjusted_rand_score(labels, spectral_groups(np.clip(W + noise, 0, 1), c, mode, seed)))
+    return float(np.mean(scores))
+
 
 def cached_dissimilarity(run_dir: str | Path, ids: list[str]) -> tuple[np.ndarray, int]:
     """A `dfmeta group` run's cached W restricted to the teachers ``ids`` (its rows and columns, in that order), and

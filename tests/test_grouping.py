@@ -68,6 +68,16 @@ def test_fewer_groups_takes_the_most_groups_of_enough_members():
     assert adjusted_rand_score(halves, fewer_groups(planted(halves, 0.9, 0.1), 5, 5)) == 1.0
 
 
+def test_grouping_stability_tells_firm_groups_from_fragile_ones():
+    from dfmeta.grouping import grouping_stability
+    truth = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]
+    W = planted(truth, 0.9, 0.1)
+    assert grouping_stability(W, spectral_groups(W, 3)) == 1.0  # planted groups: every draw finds them
+    four = planted([0, 1, 2, 3] * 3, 0.9, 0.1)  # four equal groups asked into three: which two join is a toss-up
+    assert grouping_stability(four, spectral_groups(four, 3)) < 0.9
+    assert grouping_stability(W, np.zeros(12, np.int64)) == 1.0  # one group is always the same
+
+
 def test_dissimilarity_properties():
     torch.manual_seed(0)
     e = [[torch.rand(4, 3), torch.rand(5)] for _ in range(3)]
@@ -205,7 +215,8 @@ def test_group_command(tmp_path, capsys):
     assert sum(len(g) for g in doc["members"]) == 3 and "fallback" in doc["probe"]
     assert (run / "W.png").is_file() and (run / "fisher.npz").is_file()
     out = capsys.readouterr().out
-    assert "group 0" in out and "class0_0" in out
+    assert "group 0" in out and "class0_0" in out and "stability: adjusted Rand index" in out
+    assert -0.5 <= doc["stability"] <= 1.0  # an adjusted Rand index
     assert main(args + ["--run-dir", str(run), "--mode", "similarity"]) == 0
     assert "(cached W)" in capsys.readouterr().out
     assert main(args[:3] + ["--groups", "4"]) == 2

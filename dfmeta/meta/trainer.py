@@ -188,7 +188,7 @@ class Trainer(MetaTrainer):
                 return z["labels"]
         if cfg.groups_from:
             return self.groups_of_run(cfg.groups_from)
-        from dfmeta.grouping import group_teachers
+        from dfmeta.grouping import group_teachers, grouping_stability
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
@@ -205,6 +205,8 @@ class Trainer(MetaTrainer):
         self.save_groups(labels, W, gcfg.seed)
         sizes = np.bincount(labels, minlength=cfg.groups).tolist()
         self.run.write_json("groups.json", {"labels": labels.tolist(), "sizes": sizes,
+                                            "stability": round(grouping_stability(W, labels, cfg.grouping,
+                                                                                  gcfg.seed), 4),
                                             "teacher_ids": [t.id for t in self.zoo.teachers],
                                             "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float))}})
         print(f"  grouping: {cfg.groups} groups of sizes {sizes} ({time.perf_counter() - t0:.1f} s)", flush=True)
