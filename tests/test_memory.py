@@ -16,11 +16,11 @@ applied = keep_freed_memory() if sys.argv[1] == "on" else False
 torch.set_num_threads(1)
 net, x = build("conv4", 5, 32, 3), torch.randn(400, 3, 32, 32)
 faults = []
-for _ in range(6):  # Conv4 forward and backward: activations above glibc's largest mmap threshold (32 MiB)
+for _ in range(8):  # Conv4 forward and backward: activations above glibc's largest mmap threshold (32 MiB)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     net(x).sum().backward()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": sum(faults[2:])}))
+print(json.dumps({"applied": applied, "faults": sorted(faults[2:])[3]}))  # a typical pass after two warm-ups
 """
 
 
@@ -36,8 +36,8 @@ def test_keep_freed_memory_stops_refaulting_large_tensors() -> None:
     on, off = _faults("on"), _faults("off")
     if not on["applied"]:
         pytest.skip("mallopt not available (not glibc)")
-    # measured: about 250000 page faults over the last four passes with the system's setting (every large block
-    # mapped afresh), about 2000 with the memory kept
+    # measured per pass after the warm-up: about 120000 page faults with the system's setting (every large block
+    # mapped afresh); with the memory kept mostly 0, now and then about 10000 when the heap grows (so the median pass)
     assert on["faults"] * 10 < off["faults"], (on, off)
 
 
