@@ -43,8 +43,10 @@ groups_of() {
     *) echo "dissimilarity 5" ;; esac
 }
 
-# Group once: the first `dfmeta group` computes W; every other (mode, c) reuses a copy of its run directory.
+# Group once: the first `dfmeta group` computes W; every other (mode, c) reuses a copy of its run directory (also
+# one left in OUT/groups by an earlier call with other variants).
 base=""
+for d in "$OUT"/groups/*/; do [ -f "$d/groups.json" ] && [ -f "$d/fisher.npz" ] && { base=${d%/}; break; }; done
 for v in $VARIANTS; do
   read -r mode c <<< "$(groups_of "$v")"
   [ -n "$mode" ] || continue

@@ -47,9 +47,9 @@ def test_ablation_grid_end_to_end(tmp_path) -> None:
            "LANES": "2", "EXTRA": TOY_TRAIN, "GROUP_EXTRA": TOY_GROUP}
     variants = ["tgr", "vanilla", "similarity", "groups-2", "teachers-5"]
 
-    def grid() -> subprocess.CompletedProcess:
+    def grid(*only: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", str(ROOT / "benchmarks" / "ablation_grid.sh"), str(zoo), str(tmp_path / "out"),
-                               *variants], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                               *(only or variants)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
     r = grid()
     assert r.returncode == 0, r.stdout + r.stderr
@@ -84,6 +84,10 @@ def test_ablation_grid_end_to_end(tmp_path) -> None:
 
     again = grid()  # every variant finished: nothing is trained again
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == len(variants), again.stdout
+    later = grid("groups-3")  # a later call with only a new c regroups from the W an earlier call left in OUT/groups
+    assert later.returncode == 0 and (out / "runs" / "groups-3.done").exists(), later.stdout + later.stderr
+    log = (out / "groups" / "dissimilarity-3.log").read_text()
+    assert "(cached W)" in log and "recovering tasks" not in log
 
 
 def _multi_arch(out: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
