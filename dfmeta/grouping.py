@@ -323,8 +323,8 @@ def grouping_stability(W: np.ndarray, labels: np.ndarray, mode: str = "dissimila
                        scale: float = 0.01, tries: int = 5) -> float:
     """How firmly W determines the groups: the mean adjusted Rand index between ``labels`` and the groups of W plus
     symmetric Gaussian noise of ``scale`` times the spread (sd) of W's off-diagonal entries, over ``tries`` draws
-    (1: the same groups every time; near 0: chance). Float noise from another CPU, or another recovery seed, moves W
-    by about that much, so groups with a low value are not reproducible across machines.
+    (1: the same groups every time; near 0: chance). Float rounding on another CPU or another recovery seed moves W
+    too, so groups with a low value may not be reproduced on another machine.
     """
     from sklearn.metrics import adjusted_rand_score
     W, labels = np.asarray(W, np.float64), np.asarray(labels)
