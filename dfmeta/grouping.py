@@ -118,14 +118,16 @@ def load_probe(cfg: GroupingConfig, device: torch.device, image_size: int = 32) 
                 f"(the paper uses ImageNet ResNet-34 weights: pass --probe-weights FILE)")
         return probe.to(device).eval().requires_grad_(False), desc
     state = read_weights(cfg.probe_weights)
-    classes = state["fc.weight"].shape[0] if "fc.weight" in state else 1000
+    head = next((k for k in ("fc.weight", "head.weight") if k in state), None)  # ResNet / Conv4 classifier
+    classes = state[head].shape[0] if head else 1000
     probe = build(cfg.probe, classes, image_size, 3, "running")
     ref = probe.state_dict()
     optional = {k for k in ref if k.endswith("num_batches_tracked")}
     missing = sorted(set(ref) - set(state) - optional)
     extra = sorted(set(state) - set(ref))
     if missing or extra:
-        raise DfmetaError(f"{cfg.probe_weights}: keys do not match {cfg.probe} (torchvision names): "
+        raise DfmetaError(f"{cfg.probe_weights}: keys do not match {cfg.probe} (torchvision names "
+                          f"for a ResNet, dfmeta's for conv4): "
                           f"missing {missing[:3]}, unexpected {extra[:3]}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(ref[k].shape):

@@ -55,8 +55,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     yield
 
 
-def make_zoo(path: Path, n: int = 6, size: int = 16) -> Path:
-    """A zoo of random Conv4 teachers with non-trivial BatchNorm statistics (no training needed)."""
+def make_zoo(path: Path, n: int = 6, size: int = 16, stride: int = 5) -> Path:
+    """A zoo of random Conv4 teachers with non-trivial BatchNorm statistics (no training needed); teacher i's classes
+    are ``pattern_{stride * i + j}``, j < 5 (``stride`` < 5: neighbours share classes)."""
     entries = []
     for i in range(n):
         torch.manual_seed(100 + i)
@@ -64,7 +65,7 @@ def make_zoo(path: Path, n: int = 6, size: int = 16) -> Path:
         with torch.no_grad():
             m(torch.randn(16, 3, size, size) * (1 + 0.3 * i))
         t = Teacher(str(i), "conv4", size, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "embedded",
-                    [f"pattern_{5 * i + j:03d}" for j in range(5)], dict(m.state_dict()), 50.0 + i)
+                    [f"pattern_{stride * i + j:03d}" for j in range(5)], dict(m.state_dict()), 50.0 + i)
         entries.append(save_teacher(path, t))
     write_manifest(path, entries)
     return path

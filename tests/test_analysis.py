@@ -35,6 +35,9 @@ def test_class_overlap_and_summary(zoo) -> None:
     assert "sharing 3 classes:     1, mean W 0.1000" in text
     assert "sharing 0 classes:     5, mean W 0.5600" in text
     assert "arch: same 0.3667, different 0.6000" in text
+    assert "rho of W against shared classes: -0.707" in text  # ranks of W (.1 .5 .6 .5 .6 .6), overlap (3 0 0 0 0 0)
+    flat = dissimilarity_analysis(z, np.full((4, 4), .5))
+    assert "rho" not in "\n".join(summarise_dissimilarity(flat))  # a constant W has no rank correlation
 
 
 def _cfg(zoo, out, **kw) -> IGRvsERMConfig:

@@ -163,6 +163,12 @@ def test_probe_weights(tmp_path):
     torch.save({**state, "conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "shape.pth")
     with pytest.raises(DfmetaError, match="conv1.weight has shape"):
         load_probe(GroupingConfig(probe="resnet10", probe_weights=str(tmp_path / "shape.pth")), CPU)
+    conv4 = build("conv4", 160, 32, 3, "running")  # e.g. a dfmeta teacher trained on the embedded dataset
+    from safetensors.torch import save_file
+    save_file(conv4.state_dict(), str(tmp_path / "conv4.safetensors"))
+    probe, desc = load_probe(GroupingConfig(probe="conv4", probe_weights=str(tmp_path / "conv4.safetensors")), CPU)
+    assert "160-way" in desc and probe.head.out_features == 160
+    assert torch.equal(probe.head.weight, conv4.head.weight)
     (tmp_path / "junk.pth").write_bytes(b"junk")
     for bad in ("junk.pth", "absent.pth"):
         with pytest.raises(DfmetaError):

@@ -225,6 +225,7 @@ def test_analyses_and_plots(tmp_path) -> None:
     assert "| 0 shared classes | 5 | 0.5800 | 0.0837 |" in f4  # pairs (i<j) sharing none: .5 .6 .5 .7 .6
     assert "| same arch | 3 | 0.3667 |" in f4 and "| different arch | 3 | 0.6333 |" in f4
     assert "dataset" not in f4.split("|---|")[1]  # one dataset: no same/different dataset rows
+    assert "rho of W against the number of shared classes: -0.674." in f4  # ranks of (W, overlap) over the 6 pairs
     f5 = table(text, "IGR against ERM (Fig. 5)")
     assert "| IGR | 1.5 | 0.35 | 1.1 |" in f5 and "| ERM | 7 | 0.35 | 1.1 |" in f5
     plots = sorted(p.name for p in (tmp_path / "rep" / "report_plots").iterdir())

@@ -136,3 +136,31 @@ def test_multi_arch_end_to_end(tmp_path) -> None:
     again = _multi_arch(out, tmp_path, **env)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 2, again.stdout
     assert "== groups" not in again.stdout
+
+
+def test_probe_study_compares_probes_on_the_same_tasks(tmp_path) -> None:
+    """benchmarks/probe_study.py: one recovery, W per probe; the same probe twice gives the same W and groups."""
+    import torch
+    from safetensors.torch import save_file
+
+    from conftest import make_zoo
+    from dfmeta.nets import build
+    zoo = make_zoo(tmp_path / "zoo", n=6, stride=2)  # neighbours share 3 classes, next neighbours 1
+    torch.manual_seed(3)
+    save_file(build("conv4", 40, 16, 3, "running").state_dict(), str(tmp_path / "probe.safetensors"))
+    probes = ["random:42", "random:0", f"conv4={tmp_path / 'probe.safetensors'}", "random:42"]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo), "--steps", "2",
+                        "--nf", "4", "--per-class", "2", "--groups", "2", "--threads", "1",
+                        "--out", str(tmp_path / "s.json"), "--probes", *probes],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert len(rows) == 3 and "40-way" in rows[probes[2]]["probe"]  # a repeated probe is one row
+    assert rows["random:0"]["W"] != rows["random:42"]["W"]  # another random probe: another W
+    for row in rows.values():
+        assert len(row["labels"]) == 6 and -1 <= row["rho"] <= 1 and row["ari"][probes[0]] <= 1
+    assert rows["random:42"]["ari"]["random:42"] == 1
+    assert r.stdout.count("\n| ") == 4  # header and one line per probe
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo),
+                          "--probes", "conv4"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "expected random:SEED or ARCH=FILE" in bad.stderr

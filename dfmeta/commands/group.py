@@ -157,6 +157,8 @@ def summarise_dissimilarity(a: dict) -> list[str]:
     lines = [f"  pairs sharing {k} classes: {p:5d}, mean W {m:.4f}" for k, p, m, _ in s["overlap"]]
     lines += [f"  {key[:-1]}: same {c['same'][1]:.4f}, different {c['different'][1]:.4f} (mean W)"
               for key, c in s["pairs"].items()]
+    if s["rho"] is not None:
+        lines.append(f"  Spearman's rho of W against shared classes: {s['rho']:.3f}")
     return ["W against class overlap (Fig. 4):"] + lines
 
 

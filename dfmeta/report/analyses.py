@@ -24,9 +24,19 @@ def dissimilarity_stats(run: Run) -> dict[str, Any]:
     return pair_stats(run.analysis or {}, str(run.path / "analysis.json"))
 
 
+def overlap_rho(w: np.ndarray, overlap: np.ndarray) -> float | None:
+    """Spearman's rank correlation of W against class overlap over pairs (None where the overlap is constant): a
+    probe whose W tracks the classes teachers share gives a clearly negative rho."""
+    if len(np.unique(overlap)) < 2 or len(np.unique(w)) < 2:
+        return None
+    from scipy.stats import spearmanr
+    return float(spearmanr(w, overlap).statistic)
+
+
 def pair_stats(a: dict[str, Any], where: str) -> dict[str, Any]:
-    """W over teacher pairs (i < j): by class overlap ``[(k, pairs, mean, sd)]``, and same against different
-    architecture / dataset ``{"archs": {"same": (pairs, mean, sd), "different": ...}}`` where the zoo mixes them."""
+    """W over teacher pairs (i < j): by class overlap ``[(k, pairs, mean, sd)]``, same against different
+    architecture / dataset ``{"archs": {"same": (pairs, mean, sd), "different": ...}}`` where the zoo mixes them,
+    and ``rho`` (:func:`overlap_rho`)."""
     try:
         W, ov = np.asarray(a["W"], np.float64), np.asarray(a["overlap"], np.int64)
     except (KeyError, ValueError, TypeError) as e:
@@ -36,7 +46,8 @@ def pair_stats(a: dict[str, Any], where: str) -> dict[str, Any]:
         raise DfmetaError(f"{where}: 'W' {W.shape} and 'overlap' {ov.shape} must be the same n x n shape, n >= 2")
     iu = np.triu_indices(n, 1)
     w, o = W[iu], ov[iu]
-    out: dict[str, Any] = {"overlap": [(int(k), *_stats(w[o == k])) for k in np.unique(o)], "pairs": {}}
+    out: dict[str, Any] = {"overlap": [(int(k), *_stats(w[o == k])) for k in np.unique(o)], "pairs": {},
+                           "rho": overlap_rho(w, o)}
     for key in ("archs", "datasets"):
         labels = np.asarray(a.get(key) or [])
         if len(labels) != n:
@@ -63,7 +74,9 @@ def fig4_section(run: Run, sink: PlotSink) -> list[str]:
                     for key, name in (("archs", "architectures"), ("datasets", "datasets")) if a.get(key))
     lines = [f"## Task dissimilarity (Fig. 4): `{run.shown}`", "",
              f"Dissimilarity W of teacher pairs ({len(a['W'])} teachers; {mix}) against the classes they share, and "
-             "for pairs of the same or of different architecture / dataset where the zoo mixes them.", "",
+             "for pairs of the same or of different architecture / dataset where the zoo mixes them."
+             + ("" if s["rho"] is None else f" Spearman's rho of W against the number of shared classes: "
+                f"{s['rho']:.3f}."), "",
              *md_table(["pairs", "count", "mean W", "sd"], rows), ""]
     return lines + sink.add(f"fig4_{_file_name(run)}.png", f"Fig. 4, {run.shown}",
                             lambda p: fig4_png(s, p, f"Fig. 4: {run.shown}"))

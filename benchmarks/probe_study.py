@@ -1,0 +1,113 @@
+"""Diagnostic: how much do the task groups depend on the Fisher probe? Recover one task per teacher once, then embed
+the same tasks with each probe and compare the dissimilarity W and the groups it gives.
+
+    python benchmarks/probe_study.py --zoo ZOO --probes random:42 random:0 conv4=PROBE.safetensors ...
+                                     [--steps 30 --nf 16 --per-class 16] [--groups 5] [--threads 2] [--out FILE.json]
+
+A probe is ``random:SEED`` (the data-free fallback, a Conv4 with random weights from SEED) or ``ARCH=FILE`` (weights
+read as by ``dfmeta group --probe ARCH --probe-weights FILE``, e.g. a Conv4 trained on the embedded procedural
+dataset with ``dfmeta zoo build --dataset embedded --teachers 1 --ways 160``). Recovery uses ``dfmeta group``'s
+defaults (seed 42), so ``random:42`` reproduces that command's W at the same settings.
+
+Columns: Spearman's rho between W and the pair's class overlap over teacher pairs (Fig. 4: negative when teachers
+sharing classes are less dissimilar), mean W of pairs sharing 0 and >= 1 classes, the gap between the two in units
+of the sd of W, the grouping's stability (``dfmeta.grouping.grouping_stability``) and the adjusted Rand index of
+its groups against every other probe's. Recorded: docs/results/cpu-2026-12-02-probes.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from dfmeta.commands.group import class_overlap
+from dfmeta.errors import DfmetaError
+from dfmeta.grouping import (GroupingConfig, dissimilarity, fisher_embeddings, grouping_stability, load_probe,
+                             spectral_groups)
+from dfmeta.memory import keep_freed_memory
+from dfmeta.recover import RecoveryConfig, recover_tasks, teachers_per_batch
+from dfmeta.report.analyses import pair_stats
+from dfmeta.runs import set_threads
+from dfmeta.zoo import load_zoo
+
+
+def probe_config(spec: str) -> GroupingConfig:
+    """``random:SEED`` or ``ARCH=FILE`` as a grouping config."""
+    if spec.startswith("random:"):
+        return GroupingConfig(seed=int(spec.split(":", 1)[1]))
+    arch, _, path = spec.partition("=")
+    if not path:
+        raise SystemExit(f"probe_study: probe '{spec}': expected random:SEED or ARCH=FILE")
+    return GroupingConfig(probe=arch, probe_weights=path)
+
+
+def overlap_stats(W: np.ndarray, overlap: np.ndarray) -> dict[str, float]:
+    """Spearman's rho of W against class overlap (Fig. 4's report), and the shared / unshared gap over pairs i < j."""
+    iu = np.triu_indices(len(W), 1)
+    w, o = W[iu], overlap[iu]
+    gap = (w[o == 0].mean() - w[o > 0].mean()) / w.std()
+    return {"rho": pair_stats({"W": W, "overlap": overlap}, "probe study")["rho"], "mean_w_0": float(w[o == 0].mean()),
+            "mean_w_shared": float(w[o > 0].mean()), "gap_sd": float(gap)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--zoo", required=True)
+    ap.add_argument("--probes", nargs="+", default=["random:42", "random:0", "random:1"])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--nf", type=int, default=16)
+    ap.add_argument("--per-class", type=int, default=16)
+    ap.add_argument("--groups", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=42, help="recovery and clustering seed (dfmeta group's default)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default="", help="write W, groups and the table's numbers to this JSON file")
+    a = ap.parse_args()
+    keep_freed_memory()
+    set_threads(a.threads)
+    configs = {spec: probe_config(spec) for spec in a.probes}
+    device = torch.device("cpu")
+    zoo = load_zoo(a.zoo)
+    size = zoo.teachers[0].image_size
+    for cfg in configs.values():  # a bad weights file fails before the recovery
+        load_probe(cfg, device, size)
+    overlap = class_overlap(zoo)
+    if len(np.unique(overlap[np.triu_indices(len(zoo), 1)] > 0)) < 2:
+        raise DfmetaError(f"{a.zoo}: its teacher pairs all share classes or none do: W cannot be set against overlap")
+    rcfg = RecoveryConfig(steps=a.steps, nf=a.nf, per_class=a.per_class)
+    t0 = time.perf_counter()
+    chunk = teachers_per_batch(rcfg, size, device, zoo.teachers[0].num_classes)
+    tasks = recover_tasks(zoo.teachers, list(range(len(zoo))), rcfg, device, a.seed, chunk)
+    print(f"recovered {len(tasks)} tasks in {time.perf_counter() - t0:.0f} s")
+    rows: dict[str, dict] = {}
+    for spec, cfg in configs.items():
+        t0 = time.perf_counter()
+        probe, desc = load_probe(cfg, device, size)
+        W = dissimilarity(fisher_embeddings(tasks, probe, device))
+        labels = spectral_groups(W, a.groups, seed=a.seed)
+        rows[spec] = {"probe": desc, "W": W.round(6).tolist(), "labels": labels.tolist(),
+                      "stability": grouping_stability(W, labels, seed=a.seed), **overlap_stats(W, overlap)}
+        print(f"{spec}: {time.perf_counter() - t0:.0f} s ({desc})")
+    from sklearn.metrics import adjusted_rand_score
+    specs = list(rows)
+    print("\n| probe | rho(W, overlap) | mean W, 0 shared | mean W, >= 1 shared | gap / sd(W) | stability | "
+          + " | ".join(f"ARI vs {s}" for s in specs) + " |")
+    print("|---" * (6 + len(specs)) + "|")
+    for s, r in rows.items():
+        ari = [adjusted_rand_score(r["labels"], rows[t]["labels"]) for t in specs]
+        r["ari"] = dict(zip(specs, ari))
+        print(f"| {s} | {r['rho']:.3f} | {r['mean_w_0']:.4f} | {r['mean_w_shared']:.4f} | {r['gap_sd']:.2f} | "
+              f"{r['stability']:.2f} | " + " | ".join(f"{x:.2f}" for x in ari) + " |")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"settings": vars(a), "rows": rows}, f)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DfmetaError as e:
+        raise SystemExit(f"probe_study: {e}") from None
