@@ -45,6 +45,7 @@ from dfmeta.runs import atomic_write
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = ("dissimilarity", "similarity")
+FISHER_LABELS = ("task", "probe")
 CACHE_FILE = "fisher.npz"
 MAX_SAVED_EMBEDDINGS = 1 << 30  # bytes; larger Fisher embeddings (ResNet-34 zoos) are not written to the cache
 
@@ -67,6 +68,9 @@ class GroupingConfig:
     """Probe input size (images resized to it); 0: the largest recovered image size."""
     fisher_samples: int = 0
     """Images per task used for its Fisher embedding (0: all)."""
+    fisher_labels: Literal["task", "probe"] = "task"
+    """Labels y of log p(y|x) in the Fisher: task (the teacher's class index 0..N-1 on the probe's head, as the
+    authors) or probe (the probe's own prediction: W no longer depends on the order of a teacher's classes)."""
     seed: int = 42
     """Random state of spectral clustering (and of the fallback probe's initialisation)."""
 
@@ -79,6 +83,9 @@ class GroupingConfig:
             if getattr(self, name) not in ARCHITECTURES:
                 raise DfmetaError(f"field {name!r}: unknown architecture {getattr(self, name)!r}; "
                                   f"expected one of: {', '.join(ARCHITECTURES)}")
+        if self.fisher_labels not in FISHER_LABELS:
+            raise DfmetaError(f"field 'fisher_labels': expected one of {', '.join(FISHER_LABELS)}, "
+                              f"got {self.fisher_labels!r}")
         if self.fisher_samples < 0 or self.probe_size < 0:
             raise DfmetaError("fields 'fisher_samples' and 'probe_size' must be non-negative")
 
@@ -152,8 +159,9 @@ def _probe_input(images: Tensor, size: int, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def _batch_stats(probe: nn.Module, x: Tensor) -> dict[nn.Module, tuple[Tensor, Tensor]]:
-    """Each BatchNorm layer's input mean and biased variance on ``x``, layers normalised with them (train mode)."""
+def _batch_stats(probe: nn.Module, x: Tensor) -> tuple[dict[nn.Module, tuple[Tensor, Tensor]], Tensor]:
+    """Each BatchNorm layer's input mean and biased variance on ``x``, layers normalised with them (train mode), and
+    the probe's logits under them."""
     stats: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
     def hook(bn: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
@@ -165,11 +173,11 @@ def _batch_stats(probe: nn.Module, x: Tensor) -> dict[nn.Module, tuple[Tensor, T
     handles = [m.register_forward_hook(hook) for m in probe.modules()
                if isinstance(m, nn.BatchNorm2d)]
     try:
-        probe(x)
+        logits = probe(x)
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return stats, logits
 
 
 def _conv_weight_squares(m: nn.Conv2d, a: Tensor, d: Tensor) -> Tensor:
@@ -242,11 +250,12 @@ def subsample(n: int, samples: int) -> Tensor:
 
 
 def fisher_embeddings(tasks: list[RecoveredTask], probe: nn.Module, device: torch.device, samples: int = 0,
-                      image_size: int = 0, chunk: int = 64,
-                      on_task: Callable[[], None] | None = None) -> list[list[Tensor]]:
+                      image_size: int = 0, chunk: int = 64, on_task: Callable[[], None] | None = None,
+                      labels: str = "task") -> list[list[Tensor]]:
     """Eq. 5 for every task: per probe parameter ("layer"), the diagonal empirical Fisher (CPU float32).
 
-    ``samples``: images per task (0: all); ``image_size``: probe input size (0: the largest task image size).
+    ``samples``: images per task (0: all); ``image_size``: probe input size (0: the largest task image size);
+    ``labels``: ``task`` (the task's labels index the probe's head) or ``probe`` (the probe's own predictions).
     """
     device = torch.device(device)
     size = image_size or max(t.images.shape[-1] for t in tasks)
@@ -255,13 +264,14 @@ def fisher_embeddings(tasks: list[RecoveredTask], probe: nn.Module, device: torc
     classes = heads[-1].out_features if heads else math.inf
     out = []
     for task in tasks:
-        if int(task.labels.max()) >= classes:
+        if labels == "task" and int(task.labels.max()) >= classes:
             raise DfmetaError(f"task of teacher {task.teacher}: label {int(task.labels.max())} does not index the "
                               f"probe's {classes}-way head")
         x = _probe_input(task.images, size, device)
-        stats = _batch_stats(probe, x)
+        stats, logits = _batch_stats(probe, x)
+        y = logits.argmax(1) if labels == "probe" else task.labels.to(device)
         idx = subsample(len(x), samples).to(device)
-        xs, ys = x[idx], task.labels.to(device)[idx]
+        xs, ys = x[idx], y[idx]
         total: dict[nn.Module, list[Tensor]] = {}
         for lo in range(0, len(xs), chunk):
             part = _fisher_sums(probe, xs[lo:lo + chunk], ys[lo:lo + chunk], stats)
@@ -390,6 +400,8 @@ def fewer_groups(W: np.ndarray, groups: int, size: int, mode: str = "dissimilari
 def cache_key(cfg: GroupingConfig, ids: list[str], extra: dict | None = None) -> str:
     """What W depends on: the probe settings, the teachers and ``extra`` (e.g. the recovery settings)."""
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("groups", "mode")}
+    if cfg.fisher_labels == "task":  # the default: caches written before the field existed stay valid
+        del keep["fisher_labels"]
     if cfg.probe_weights:
         keep["fallback_probe"] = keep["seed"] = None
     return json.dumps({"grouping": keep, "teachers": ids, "extra": extra or {}}, sort_keys=True, default=str)
@@ -450,7 +462,8 @@ def group_teachers(zoo: Zoo, tasks: list[RecoveredTask] | Callable[[], list[Reco
         tasks = sorted(tasks, key=lambda t: t.teacher)
         size = cfg.probe_size or max(t.images.shape[-1] for t in tasks)
         probe, desc = load_probe(cfg, device, size)
-        embeddings = fisher_embeddings(tasks, probe, device, cfg.fisher_samples, size, on_task=on_task)
+        embeddings = fisher_embeddings(tasks, probe, device, cfg.fisher_samples, size, on_task=on_task,
+                                       labels=cfg.fisher_labels)
         W = dissimilarity(embeddings, device)
     labels = spectral_groups(W, cfg.groups, cfg.mode, cfg.seed)
     info = {"probe": desc, "cached": hit is not None, "seconds": round(time.perf_counter() - t0, 3),

@@ -103,7 +103,7 @@ def tiny_probe() -> nn.Module:
 def test_fisher_is_exact_per_sample(make):
     probe = make().requires_grad_(False)
     x, y = torch.randn(5, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0])
-    stats = _batch_stats(probe, x)
+    stats, logits = _batch_stats(probe, x)
     sums = _fisher_sums(probe, x, y, stats)
     mine = [f for m in sums for f in sums[m]]
     # reference: per-sample grads (vmap) with BatchNorm fixed at the batch's statistics
@@ -123,6 +123,7 @@ def test_fisher_is_exact_per_sample(make):
     # the fixed-statistics forward is the train-mode forward
     torch.testing.assert_close(functional_call(probe, {**bufs, **params}, (x,)), probe.train()(x), rtol=1e-4,
                                atol=1e-5)
+    torch.testing.assert_close(logits, probe(x), rtol=1e-4, atol=1e-5)
 
 
 def pattern_task(classes: list[int], part: int, teacher: int, per: int = 8, size: int = 16) -> RecoveredTask:
@@ -147,6 +148,25 @@ def test_same_teacher_tasks_are_closer(tasks):
     assert W[0, 1] < min(W[0, 2], W[0, 3], W[1, 2], W[1, 3])
     sub = dissimilarity(fisher_embeddings(tasks, probe, CPU, samples=12, chunk=5))
     assert sub[0, 1] < min(sub[0, 2], sub[1, 2])
+
+
+def test_fisher_labels_probe_ignores_the_order_of_a_teachers_classes(tasks):
+    """fisher_labels=probe: y is the probe's prediction, so relabelling a task's classes leaves its embedding as it
+    is; with the task's labels (the authors') the embedding changes."""
+    from dfmeta.grouping import cache_key
+    probe, _ = load_probe(GroupingConfig(), CPU, 16)
+    t = tasks[0]
+    relabelled = RecoveredTask(t.images, (t.labels + 1) % 3, t.logits, t.teacher, t.loss)
+    for labels, same in (("probe", True), ("task", False)):
+        a, b = (fisher_embeddings([x], probe, CPU, labels=labels)[0] for x in (t, relabelled))
+        assert all(torch.equal(u, v) for u, v in zip(a, b)) == same, labels
+    W = dissimilarity(fisher_embeddings(tasks, probe, CPU, labels="probe"))
+    assert W.shape == (4, 4) and np.allclose(W, W.T) and (W[~np.eye(4, dtype=bool)] > 0).all()
+    # the default leaves the cache key of runs written before the field existed unchanged
+    assert "fisher_labels" not in cache_key(GroupingConfig(), ["a"])
+    assert cache_key(GroupingConfig(fisher_labels="probe"), ["a"]) != cache_key(GroupingConfig(), ["a"])
+    with pytest.raises(DfmetaError, match="fisher_labels"):
+        GroupingConfig(fisher_labels="sampled")  # type: ignore[arg-type]
 
 
 def test_probe_weights(tmp_path):

@@ -53,6 +53,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """ImageNet ResNet-34 weights (torchvision format) for the Fisher probe; empty: the data-free fallback."""
     fisher_samples: int = 0
     """Images per recovered task used for its Fisher embedding (0: all)."""
+    fisher_labels: Literal["task", "probe"] = "task"
+    """Labels of the Fisher: task (the teacher's class index on the probe's head, the authors') or probe (the probe's
+    own prediction; not in the paper)."""
     igr: Literal["first", "second", "off"] = "first"
     """Meta-model update: first (IGR, the paper's form), second (the authors' second-order form), off (ERM)."""
     beta: float = 1e-3
@@ -199,7 +202,7 @@ class Trainer(MetaTrainer):
                                    epoch_seed(cfg.seed, 0, 7))
             print(f"  grouping: recovered tasks {min(lo + chunk, len(idx))}/{len(idx)}", flush=True)
         gcfg = GroupingConfig(groups=cfg.groups, mode=cfg.grouping, probe_weights=cfg.probe_weights,
-                              fisher_samples=cfg.fisher_samples)
+                              fisher_samples=cfg.fisher_samples, fisher_labels=cfg.fisher_labels)
         labels, W, info = group_teachers(self.zoo, tasks, gcfg, self.device)
         labels = np.asarray(labels, np.int64)
         self.save_groups(labels, W, gcfg.seed)
