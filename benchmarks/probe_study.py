@@ -32,7 +32,7 @@ import torch
 from dfmeta.commands.group import class_overlap
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import (GroupingConfig, dissimilarity, fisher_embeddings, grouping_stability, load_probe,
-                             spectral_groups)
+                             spectral_groups, within_group_overlap)
 from dfmeta.memory import keep_freed_memory
 from dfmeta.recover import RecoveredTask, RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.report.analyses import pair_stats
@@ -57,14 +57,6 @@ def overlap_stats(W: np.ndarray, overlap: np.ndarray) -> dict[str, float]:
     gap = (w[o == 0].mean() - w[o > 0].mean()) / w.std()
     return {"rho": pair_stats({"W": W, "overlap": overlap}, "probe study")["rho"], "mean_w_0": float(w[o == 0].mean()),
             "mean_w_shared": float(w[o > 0].mean()), "gap_sd": float(gap)}
-
-
-def within_overlap(labels: np.ndarray, overlap: np.ndarray) -> float:
-    """Mean classes shared by two teachers of one group, over that of all pairs (below 1: groups gather teachers that
-    share fewer classes than chance, what dissimilarity grouping is for)."""
-    iu = np.triu_indices(len(labels), 1)
-    same = (labels[:, None] == labels[None, :])[iu]
-    return float(overlap[iu][same].mean() / overlap[iu].mean())
 
 
 def real_tasks(zoo, per_class: int, data_root: str | None) -> list[RecoveredTask]:
@@ -126,7 +118,7 @@ def main() -> None:
         labels = spectral_groups(W, a.groups, seed=a.seed)
         rows[spec] = {"probe": desc, "W": W.round(6).tolist(), "labels": labels.tolist(),
                       "stability": grouping_stability(W, labels, seed=a.seed),
-                      "within_overlap": within_overlap(labels, overlap), **overlap_stats(W, overlap)}
+                      "within_overlap": within_group_overlap(labels, overlap), **overlap_stats(W, overlap)}
         print(f"{spec}: {time.perf_counter() - t0:.0f} s ({desc})")
     from sklearn.metrics import adjusted_rand_score
     specs = list(rows)

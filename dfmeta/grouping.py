@@ -354,6 +354,19 @@ def grouping_stability(W: np.ndarray, labels: np.ndarray, mode: str = "dissimila
     return float(np.mean(scores))
 
 
+def within_group_overlap(labels: np.ndarray, overlap: np.ndarray) -> float | None:
+    """Mean classes shared by two teachers of one group over that of all pairs (``overlap``: classes shared per pair):
+    below 1, groups gather teachers that share fewer classes than chance (what dissimilarity grouping is for). None
+    where no pair shares a class or no group holds two teachers."""
+    labels = np.asarray(labels)
+    iu = np.triu_indices(len(labels), 1)
+    same = (labels[:, None] == labels[None, :])[iu]
+    ov = np.asarray(overlap, np.float64)[iu]
+    if not same.any() or ov.mean() == 0:
+        return None
+    return float(ov[same].mean() / ov.mean())
+
+
 def cached_dissimilarity(run_dir: str | Path, ids: list[str]) -> tuple[np.ndarray, int]:
     """A `dfmeta group` run's cached W restricted to the teachers ``ids`` (its rows and columns, in that order), and
     the run's clustering seed. Each W_ij depends only on teachers i and j, so this is the W of those teachers' tasks.

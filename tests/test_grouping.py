@@ -68,6 +68,15 @@ def test_fewer_groups_takes_the_most_groups_of_enough_members():
     assert adjusted_rand_score(halves, fewer_groups(planted(halves, 0.9, 0.1), 5, 5)) == 1.0
 
 
+def test_within_group_overlap():
+    from dfmeta.grouping import within_group_overlap
+    ov = np.array([[5, 2, 0, 0], [2, 5, 0, 1], [0, 0, 5, 1], [0, 1, 1, 5]])  # pairs (i<j): 2 0 0 0 1 1, mean 2/3
+    assert within_group_overlap(np.array([0, 1, 0, 1]), ov) == pytest.approx(0.75)  # pairs (0,2), (1,3): 0, 1
+    assert within_group_overlap(np.array([0, 0, 1, 1]), ov) == pytest.approx(2.25)  # pairs (0,1), (2,3): 2, 1
+    assert within_group_overlap(np.array([0, 1, 2, 3]), ov) is None  # no group of two
+    assert within_group_overlap(np.array([0, 0, 1, 1]), np.eye(4) * 5) is None  # no pair shares a class
+
+
 def test_grouping_stability_tells_firm_groups_from_fragile_ones():
     from dfmeta.grouping import grouping_stability
     truth = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2]
@@ -243,8 +252,12 @@ def test_group_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "group 0" in out and "class0_0" in out and "stability: adjusted Rand index" in out
     assert -0.5 <= doc["stability"] <= 1.0  # an adjusted Rand index
+    assert doc["fisher_labels"] == "task" and doc["within_group_overlap"] is None  # the teachers share no class
     assert main(args + ["--run-dir", str(run), "--mode", "similarity"]) == 0
     assert "(cached W)" in capsys.readouterr().out
+    assert main(args + ["--run-dir", str(run), "--fisher-labels", "probe"]) == 0  # another W: not the cached one
+    assert "(cached W)" not in capsys.readouterr().out
+    assert json.loads((run / "groups.json").read_text())["fisher_labels"] == "probe"
     assert main(args[:3] + ["--groups", "4"]) == 2
     assert "larger than the zoo" in capsys.readouterr().err
     assert main(args + ["--probe-weights", str(tmp_path / "none.pth")]) == 2

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
-from dfmeta.grouping import GroupingConfig, group_teachers, grouping_stability, load_probe
+from dfmeta.grouping import GroupingConfig, group_teachers, grouping_stability, load_probe, within_group_overlap
 from dfmeta.recover import RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, resolve_device, set_threads
 from dfmeta.zoo.format import Zoo
@@ -123,9 +123,15 @@ def run_group(cfg: GroupCommandConfig) -> None:
     stability = grouping_stability(W, labels, cfg.mode, cfg.seed)
     print(f"stability: adjusted Rand index {stability:.2f} between these groups and those of W plus 1% noise, "
           f"mean of 5 draws (1: the same groups; near 0: W hardly determines them)")
+    within = within_group_overlap(labels, class_overlap(zoo))
+    if within is not None:
+        print(f"class overlap within groups: {within:.2f} of that of any two teachers (below 1: the groups gather "
+              f"teachers that share fewer classes than chance)")
     run.write_json("groups.json", {"mode": cfg.mode, "groups": cfg.groups, "probe": info["probe"],
-                                   "labels": labels.tolist(), "teacher_ids": info["teacher_ids"],
-                                   "members": members, "stability": round(stability, 4)})
+                                   "fisher_labels": cfg.fisher_labels, "labels": labels.tolist(),
+                                   "teacher_ids": info["teacher_ids"], "members": members,
+                                   "stability": round(stability, 4),
+                                   "within_group_overlap": None if within is None else round(within, 4)})
     atomic_write(run.path / "W.png", heatmap_png(W, labels))
     off = W[~np.eye(len(W), dtype=bool)]
     if off.size:
