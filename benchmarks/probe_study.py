@@ -16,7 +16,8 @@ Columns: Spearman's rho between W and the pair's class overlap over teacher pair
 sharing classes are less dissimilar), mean W of pairs sharing 0 and >= 1 classes, the gap between the two in units
 of the sd of W, the grouping's stability (``dfmeta.grouping.grouping_stability``), the mean class overlap of two
 teachers of one group over that of all pairs (below 1: groups gather teachers that share fewer classes than chance,
-what dissimilarity grouping is for) and the adjusted Rand index of its groups against every other probe's.
+what dissimilarity grouping is for; a line below gives its range for random partitions) and the adjusted Rand index
+of its groups against every other probe's.
 Recorded: docs/results/cpu-2026-12-02-probes.md.
 """
 
@@ -130,6 +131,12 @@ def main() -> None:
         r["ari"] = dict(zip(specs, ari))
         print(f"| {s} | {r['rho']:.3f} | {r['mean_w_0']:.4f} | {r['mean_w_shared']:.4f} | {r['gap_sd']:.2f} | "
               f"{r['stability']:.2f} | {r['within_overlap']:.2f} | " + " | ".join(f"{x:.2f}" for x in ari) + " |")
+    first = np.asarray(rows[specs[0]]["labels"])
+    rng = np.random.default_rng(a.seed)
+    chance = [within_group_overlap(rng.permutation(first), overlap) for _ in range(1000)]
+    lo, hi = np.percentile(chance, [2.5, 97.5])
+    print(f"\nwithin-group overlap of 1000 random partitions into {specs[0]}'s group sizes "
+          f"{np.bincount(first).tolist()}: 95% between {lo:.2f} and {hi:.2f}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"settings": vars(a), "rows": rows}, f)

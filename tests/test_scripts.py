@@ -163,6 +163,7 @@ def test_probe_study_compares_probes_on_the_same_tasks(tmp_path) -> None:
         assert row["within_overlap"] >= 0
     assert rows["random:42"]["ari"]["random:42"] == 1
     assert r.stdout.count("\n| ") == 7  # header and one line per probe and labels
+    assert "random partitions into random:42's group sizes" in r.stdout
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo),
                           "--probes", "conv4"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "expected random:SEED or ARCH=FILE" in bad.stderr
