@@ -30,10 +30,9 @@ import time
 import numpy as np
 import torch
 
-from dfmeta.commands.group import class_overlap
 from dfmeta.errors import DfmetaError
-from dfmeta.grouping import (GroupingConfig, dissimilarity, fisher_embeddings, grouping_stability, load_probe,
-                             spectral_groups, within_group_overlap)
+from dfmeta.grouping import (GroupingConfig, class_overlap, dissimilarity, fisher_embeddings, grouping_stability,
+                             load_probe, spectral_groups, within_group_overlap)
 from dfmeta.memory import keep_freed_memory
 from dfmeta.recover import RecoveredTask, RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.report.analyses import pair_stats

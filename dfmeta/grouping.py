@@ -354,6 +354,12 @@ def grouping_stability(W: np.ndarray, labels: np.ndarray, mode: str = "dissimila
     return float(np.mean(scores))
 
 
+def class_overlap(zoo: Zoo) -> np.ndarray:
+    """Number of classes (dataset and name) each pair of teachers shares."""
+    sets = [{(t.dataset, c) for c in t.class_names} for t in zoo.teachers]
+    return np.array([[len(a & b) for b in sets] for a in sets], np.int64)
+
+
 def within_group_overlap(labels: np.ndarray, overlap: np.ndarray) -> float | None:
     """Mean classes shared by two teachers of one group over that of all pairs (``overlap``: classes shared per pair):
     below 1, groups gather teachers that share fewer classes than chance (what dissimilarity grouping is for). None

@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
-from dfmeta.grouping import GroupingConfig, group_teachers, grouping_stability, load_probe, within_group_overlap
+from dfmeta.grouping import (GroupingConfig, class_overlap, group_teachers, grouping_stability, load_probe,
+                             within_group_overlap)
 from dfmeta.recover import RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, resolve_device, set_threads
 from dfmeta.zoo.format import Zoo
@@ -141,12 +142,6 @@ def run_group(cfg: GroupCommandConfig) -> None:
     for line in summarise_dissimilarity(analysis):
         print(line)
     print(f"run directory: {run.path} (groups.json, W.png, fisher.npz, analysis.json)")
-
-
-def class_overlap(zoo: Zoo) -> np.ndarray:
-    """Number of classes (dataset and name) each pair of teachers shares."""
-    sets = [{(t.dataset, c) for c in t.class_names} for t in zoo.teachers]
-    return np.array([[len(a & b) for b in sets] for a in sets], np.int64)
 
 
 def dissimilarity_analysis(zoo: Zoo, W: np.ndarray) -> dict:

@@ -211,6 +211,7 @@ class Trainer(MetaTrainer):
                                             "stability": round(grouping_stability(W, labels, cfg.grouping,
                                                                                   gcfg.seed), 4),
                                             "teacher_ids": [t.id for t in self.zoo.teachers],
+                                            "within_group_overlap": self.within_group_overlap(labels),
                                             "info": {k: v for k, v in info.items() if isinstance(v, (str, int, float))}})
         print(f"  grouping: {cfg.groups} groups of sizes {sizes} ({time.perf_counter() - t0:.1f} s)", flush=True)
         return labels
@@ -232,10 +233,17 @@ class Trainer(MetaTrainer):
         self.save_groups(labels, W, seed)
         self.run.write_json("groups.json", {"labels": labels.tolist(), "teacher_ids": ids,
                                             "sizes": np.bincount(labels, minlength=cfg.groups).tolist(),
-                                            "from": str(path), "regrouped": not same})
+                                            "from": str(path), "regrouped": not same,
+                                            "within_group_overlap": self.within_group_overlap(labels)})
         how = "taken from" if same else f"{cfg.grouping} into {cfg.groups}, {len(ids)} teachers, from the W of"
         print(f"  grouping: {how} {path}", flush=True)
         return labels
+
+    def within_group_overlap(self, labels: np.ndarray) -> float | None:
+        """:func:`dfmeta.grouping.within_group_overlap` of these groups of the run's teachers (rounded)."""
+        from dfmeta.grouping import class_overlap, within_group_overlap
+        within = within_group_overlap(labels, class_overlap(self.zoo))
+        return None if within is None else round(within, 4)
 
     def save_groups(self, labels: np.ndarray, W: np.ndarray | None, seed: int) -> None:
         """Cache the labels, W (when known) and the clustering seed in the run's ``groups.npz``."""
