@@ -122,8 +122,8 @@ def main() -> None:
         print(f"{spec}: {time.perf_counter() - t0:.0f} s ({desc})")
     from sklearn.metrics import adjusted_rand_score
     specs = list(rows)
-    print("\n| probe | rho(W, overlap) | mean W, 0 shared | mean W, >= 1 shared | gap / sd(W) | stability | within-group overlap | "
-          + " | ".join(f"ARI vs {s}" for s in specs) + " |")
+    print("\n| probe | rho(W, overlap) | mean W, 0 shared | mean W, >= 1 shared | gap / sd(W) | stability | "
+          "within-group overlap | " + " | ".join(f"ARI vs {s}" for s in specs) + " |")
     print("|---" * (7 + len(specs)) + "|")
     for s, r in rows.items():
         ari = [adjusted_rand_score(r["labels"], rows[t]["labels"]) for t in specs]

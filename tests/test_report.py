@@ -391,3 +391,24 @@ def test_small_groups_splits_rows_only_where_it_acted(tmp_path) -> None:
     run("old", 20, "merge", None, 36.1)  # no groups.json: taken as configured
     rows = [ln for ln in table(build_report([str(runs)]), "Accuracy against the number").splitlines() if ln.startswith("| TGR")]
     assert len(rows) == 3 and sum("small_groups=merge" in r for r in rows) == 1, rows
+
+
+def test_task_groups_section(tmp_path) -> None:
+    """Each grouped run's groups.json: sizes (those used, where small groups were changed), where the groups came
+    from, stability and class overlap within groups; a run without groups.json gets no row; bad JSON names the file."""
+    runs = tmp_path / "runs"
+    a = train_run(runs, "cifar-fs__tgr__0__a", {1: (35.0, 0.7)})
+    _write(a, "groups.json", {"labels": [0, 1, 0, 1, 2], "sizes": [2, 2, 1], "stability": 0.52,
+                              "within_group_overlap": 0.8731})
+    b = train_run(runs, "cifar-fs__tgr__1__b", {1: (35.0, 0.7)}, groups=3)
+    _write(b, "groups.json", {"labels": [0, 1, 2, 0], "sizes": [2, 1, 1], "used_sizes": [4], "from": "g/groups.json",
+                              "regrouped": True})
+    train_run(runs, "cifar-fs__tgr__2__c", {1: (35.0, 0.7)}, grouping="off")
+    section = table(build_report([str(runs)]), "Task groups")
+    assert "| `cifar-fs__tgr__0__a` | TGR | 5 | 2 2 1 | grouped in the run | 0.52 | 0.87 |" in section
+    assert "| `cifar-fs__tgr__1__b` | TGR [groups=3] | 4 | 4 | regrouped from the W of `g/groups.json` | — | — |" \
+        in section
+    assert "cifar-fs__tgr__2__c" not in section
+    (b / "groups.json").write_text("{")
+    with pytest.raises(DfmetaError, match=r"cifar-fs__tgr__1__b/groups.json: not valid JSON"):
+        build_report([str(runs)])

@@ -26,7 +26,7 @@ def _at(curve: list[tuple[int, float]], epoch: int | None) -> str:
     return str(epoch) if acc is None else f"{epoch} ({acc:.2f})"
 
 
-def _method(run: Run) -> str:
+def method_label(run: Run) -> str:
     """The method's name and the ablation switches the run set away from the paper's defaults."""
     switched = {k: v for k, v in run.ablation().items() if k in run.deviations()}
     return method_name(run.method) + (f" [{', '.join(f'{k}={short(v)}' for k, v in sorted(switched.items()))}]"
@@ -48,7 +48,7 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     rows = []
     for name, (r, c) in curves.items():
         best = max(c, key=lambda p: (p[1], -p[0]))  # the earliest of equal bests, as the training loop selects
-        rows.append([f"`{name}`", _method(r), _zoo(r), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
+        rows.append([f"`{name}`", method_label(r), _zoo(r), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
                      _at(c, r.selected_epoch), _at(c, c[-1][0])])
     header = ["run", "method", "zoo", "epochs run", "validations", "best meta-val: epoch (acc)", "selected: epoch (acc)",
               "last: epoch (acc)"]
