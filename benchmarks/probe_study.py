@@ -32,7 +32,7 @@ import torch
 
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import (GroupingConfig, class_overlap, dissimilarity, fisher_embeddings, grouping_stability,
-                             load_probe, spectral_groups, within_group_overlap)
+                             load_probe, overlap_by_chance, spectral_groups, within_group_overlap)
 from dfmeta.memory import keep_freed_memory
 from dfmeta.recover import RecoveredTask, RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.report.analyses import pair_stats
@@ -131,9 +131,7 @@ def main() -> None:
         print(f"| {s} | {r['rho']:.3f} | {r['mean_w_0']:.4f} | {r['mean_w_shared']:.4f} | {r['gap_sd']:.2f} | "
               f"{r['stability']:.2f} | {r['within_overlap']:.2f} | " + " | ".join(f"{x:.2f}" for x in ari) + " |")
     first = np.asarray(rows[specs[0]]["labels"])
-    rng = np.random.default_rng(a.seed)
-    chance = [within_group_overlap(rng.permutation(first), overlap) for _ in range(1000)]
-    lo, hi = np.percentile(chance, [2.5, 97.5])
+    lo, hi = overlap_by_chance(first, overlap, a.seed)
     print(f"\nwithin-group overlap of 1000 random partitions into {specs[0]}'s group sizes "
           f"{np.bincount(first).tolist()}: 95% between {lo:.2f} and {hi:.2f}")
     if a.out:

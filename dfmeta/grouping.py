@@ -373,6 +373,18 @@ def within_group_overlap(labels: np.ndarray, overlap: np.ndarray) -> float | Non
     return float(ov[same].mean() / ov.mean())
 
 
+def overlap_by_chance(labels: np.ndarray, overlap: np.ndarray, seed: int = 0, draws: int = 1000) -> tuple[float, float]:
+    """The 2.5% and 97.5% points of :func:`within_group_overlap` over seeded random partitions with the group sizes
+    of ``labels``: the range a grouping blind to class overlap falls in."""
+    rng = np.random.default_rng(seed)
+    values = [within_group_overlap(rng.permutation(labels), overlap) for _ in range(draws)]
+    kept = [v for v in values if v is not None]
+    if not kept:
+        raise DfmetaError("within-group overlap is undefined for these groups (no group of two, or no shared class)")
+    lo, hi = np.percentile(kept, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def cached_dissimilarity(run_dir: str | Path, ids: list[str]) -> tuple[np.ndarray, int]:
     """A `dfmeta group` run's cached W restricted to the teachers ``ids`` (its rows and columns, in that order), and
     the run's clustering seed. Each W_ij depends only on teachers i and j, so this is the W of those teachers' tasks.

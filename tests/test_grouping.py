@@ -75,6 +75,11 @@ def test_within_group_overlap():
     assert within_group_overlap(np.array([0, 0, 1, 1]), ov) == pytest.approx(2.25)  # pairs (0,1), (2,3): 2, 1
     assert within_group_overlap(np.array([0, 1, 2, 3]), ov) is None  # no group of two
     assert within_group_overlap(np.array([0, 0, 1, 1]), np.eye(4) * 5) is None  # no pair shares a class
+    from dfmeta.grouping import overlap_by_chance
+    lo, hi = overlap_by_chance(np.array([0, 1, 0, 1]), ov, draws=200)
+    assert (lo, hi) == (0, pytest.approx(2.25))  # the three ways to split 4 into 2 + 2 give 0.75, 2.25 and 0
+    with pytest.raises(DfmetaError, match="undefined"):
+        overlap_by_chance(np.array([0, 1, 2, 3]), ov)
 
 
 def test_grouping_stability_tells_firm_groups_from_fragile_ones():

@@ -167,3 +167,25 @@ def test_probe_study_compares_probes_on_the_same_tasks(tmp_path) -> None:
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo),
                           "--probes", "conv4"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "expected random:SEED or ARCH=FILE" in bad.stderr
+
+
+def test_group_overlap_reads_both_groups_json_forms(tmp_path) -> None:
+    """benchmarks/group_overlap.py: a TGR run's labels + teacher_ids and a group run's members give one row each; an
+    unknown teacher is a one-line error."""
+    from conftest import make_zoo
+    zoo = make_zoo(tmp_path / "zoo", n=6, stride=2)
+    (tmp_path / "a.json").write_text(json.dumps({"labels": [0, 1, 0, 1, 0, 1], "teacher_ids": list("012345")}))
+    members = [[{"id": "0"}, {"id": "1"}, {"id": "2"}], [{"id": "3"}, {"id": "4"}, {"id": "5"}]]
+    (tmp_path / "b.json").write_text(json.dumps({"members": members}))
+    script = str(ROOT / "benchmarks" / "group_overlap.py")
+    r = subprocess.run([sys.executable, script, "--zoo", str(zoo), str(tmp_path / "a.json"), str(tmp_path / "b.json")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    # classes of teacher i: 2i .. 2i+4, so neighbours share 3, next neighbours 1; all pairs: 3*5 + 1*4 = 19 over 15
+    # a: pairs (0,2) (0,4) (2,4) (1,3) (1,5) (3,5): 1+0+1+1+0+1 = 4 over 6; b: (0,1) (0,2) (1,2), (3,4) (3,5) (4,5)
+    assert f"| {0.6667 / (19 / 15):.2f} |" in r.stdout.splitlines()[2]
+    assert f"| {(3 + 1 + 3) * 2 / 6 / (19 / 15):.2f} |" in r.stdout.splitlines()[3]
+    (tmp_path / "c.json").write_text(json.dumps({"labels": [0, 1], "teacher_ids": ["0", "99"]}))
+    bad = subprocess.run([sys.executable, script, "--zoo", str(zoo), str(tmp_path / "c.json")], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and "teacher '99' is not in the zoo" in bad.stderr
