@@ -5,7 +5,7 @@
 #     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
 #     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
 #   then: bash benchmarks/gpu_fast_tgr.sh BUDGET_SECONDS   (the whole script; default 540)
-#   STEPS="1 2 2b 3 4" picks steps; VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS);
+#   STEPS="1 2 2b 3 4" picks steps (5: the Fisher-probe study at paper-size recovery, not in the default); VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS);
 #   TRAIN_FLAGS="--rec-compile on ..." adds `dfmeta train` options to a new run of step 4.
 #   RESUME=path/to/run_dir (carried) continues that run in step 4 instead of starting one. The run directory comes
 #   back whole, checkpoint included, as $OUT/tgr_run.tar.gz.part-aa, -ab, ... (15 MiB pieces, the size limit of a
@@ -40,11 +40,13 @@ if [ "${DRY:-0}" = 1 ]; then
   TRAIN=(--rec-steps 2 --rec-per-class 2 --replay-queries 1 --rec-nf 8 --val-every 2 --val-episodes 5 --episodes 5 --zoo-size 12
          --meta-batch 2 --replay-max-batches 1 --fisher-samples 4)
   MARGIN=${MARGIN:-30}
+  PROBE=(--steps 2 --nf 8 --per-class 2)
 else
   BENCH=(--prefetch ${PREFETCH:-1 4 8 16} --profile ${PROFILE:-20})
   ZOO=(--teachers 8 32 100 --epochs 2)
   TRAIN=()
   MARGIN=${MARGIN:-130}
+  PROBE=(--steps 200 --nf 64 --per-class 30)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -78,6 +80,11 @@ if want 3; then
 echo "== 3. zoo build throughput (target: 100 Conv4 teachers x 60 epochs within 2 min) ($(left) s left)"
 timeout 100 python benchmarks/bench_zoo_build.py --device "$DEVICE" "${ZOO[@]}" | tee "$OUT/bench_zoo_build.md" \
   || echo "!! step 3 failed"
+fi
+if want 5; then
+echo "== 5. Fisher probes on paper-size recovered tasks (docs/results/cpu-2026-12-02-probes.md) ($(left) s left)"
+timeout 240 python benchmarks/probe_study.py --zoo .carry/zoo --device "$DEVICE" "${PROBE[@]}" \
+  --fisher-labels task probe --probes random:42 random:0 --out "$OUT/probe_study.json" || echo "!! step 5 failed (rc $?)"
 fi
 want 4 || { echo "== done in $(($(date +%s) - T0)) s"; exit 0; }
 

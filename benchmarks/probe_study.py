@@ -36,7 +36,7 @@ from dfmeta.grouping import (GroupingConfig, class_overlap, dissimilarity, fishe
 from dfmeta.memory import keep_freed_memory
 from dfmeta.recover import RecoveredTask, RecoveryConfig, recover_tasks, teachers_per_batch
 from dfmeta.report.analyses import pair_stats
-from dfmeta.runs import set_threads
+from dfmeta.runs import resolve_device, set_threads
 from dfmeta.zoo import load_zoo
 
 
@@ -88,13 +88,14 @@ def main() -> None:
     ap.add_argument("--data-root", default=None, help="for --tasks real (default: $DFMETA_DATA, else ../shared/data)")
     ap.add_argument("--seed", type=int, default=42, help="recovery and clustering seed (dfmeta group's default)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (CUDA when available)")
     ap.add_argument("--out", default="", help="write W, groups and the table's numbers to this JSON file")
     a = ap.parse_args()
     keep_freed_memory()
     set_threads(a.threads)
     configs = {spec + ("" if lab == "task" else f" [{lab}]"): probe_config(spec, lab)
                for spec in a.probes for lab in a.fisher_labels}
-    device = torch.device("cpu")
+    device = resolve_device(a.device)
     zoo = load_zoo(a.zoo)
     size = zoo.teachers[0].image_size
     for cfg in configs.values():  # a bad weights file fails before the recovery
