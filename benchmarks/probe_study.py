@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--nf", type=int, default=16)
     ap.add_argument("--per-class", type=int, default=16)
+    ap.add_argument("--no-augment", dest="augment", action="store_false",
+                    help="recover without the authors' crop and flip (RecoveryConfig.augment)")
     ap.add_argument("--groups", type=int, default=5)
     ap.add_argument("--tasks", choices=["recovered", "real"], default="recovered")
     ap.add_argument("--fisher-labels", nargs="+", choices=["task", "probe"], default=["task"],
@@ -103,7 +105,7 @@ def main() -> None:
     overlap = class_overlap(zoo)
     if len(np.unique(overlap[np.triu_indices(len(zoo), 1)] > 0)) < 2:
         raise DfmetaError(f"{a.zoo}: its teacher pairs all share classes or none do: W cannot be set against overlap")
-    rcfg = RecoveryConfig(steps=a.steps, nf=a.nf, per_class=a.per_class)
+    rcfg = RecoveryConfig(steps=a.steps, nf=a.nf, per_class=a.per_class, augment=a.augment)
     t0 = time.perf_counter()
     if a.tasks == "real":
         tasks = real_tasks(zoo, a.per_class, a.data_root)
