@@ -42,11 +42,12 @@ from dfmeta.zoo import load_zoo
 
 def probe_config(spec: str, labels: str = "task") -> GroupingConfig:
     """``random:SEED`` or ``ARCH=FILE`` as a grouping config, with Fisher labels ``labels``."""
-    if spec.startswith("random:"):
-        return GroupingConfig(seed=int(spec.split(":", 1)[1]), fisher_labels=labels)  # type: ignore[arg-type]
+    seed = spec.removeprefix("random:")
+    if spec.startswith("random:") and seed.isdigit():
+        return GroupingConfig(seed=int(seed), fisher_labels=labels)  # type: ignore[arg-type]
     arch, _, path = spec.partition("=")
     if not path:
-        raise SystemExit(f"probe_study: probe '{spec}': expected random:SEED or ARCH=FILE")
+        raise DfmetaError(f"probe '{spec}': expected random:SEED or ARCH=FILE")
     return GroupingConfig(probe=arch, probe_weights=path, fisher_labels=labels)  # type: ignore[arg-type]
 
 
@@ -66,6 +67,9 @@ def real_tasks(zoo, per_class: int, data_root: str | None) -> list[RecoveredTask
     tasks = []
     for i, t in enumerate(zoo.teachers):
         split = splits[t.dataset]
+        missing = [c for c in t.class_names if c not in split.class_names]
+        if missing:
+            raise DfmetaError(f"teacher {t.id}: class {missing[0]!r} is not in {t.dataset}'s meta-train split")
         idx = [split.class_names.index(c) for c in t.class_names]
         x = np.concatenate([split.class_images(c)[:per_class] for c in idx])
         images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255

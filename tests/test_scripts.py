@@ -164,9 +164,11 @@ def test_probe_study_compares_probes_on_the_same_tasks(tmp_path) -> None:
     assert rows["random:42"]["ari"]["random:42"] == 1
     assert r.stdout.count("\n| ") == 7  # header and one line per probe and labels
     assert "random partitions into random:42's group sizes" in r.stdout
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo),
-                          "--probes", "conv4"], capture_output=True, text=True, timeout=600)
-    assert bad.returncode != 0 and "expected random:SEED or ARCH=FILE" in bad.stderr
+    for spec in ("conv4", "random:x"):
+        bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo),
+                              "--probes", spec], capture_output=True, text=True, timeout=600)
+        assert bad.returncode != 0 and bad.stderr.strip().endswith("expected random:SEED or ARCH=FILE"), spec
+        assert bad.stderr.count("\n") == 1, bad.stderr  # one line, no traceback
 
 
 def test_group_overlap_reads_both_groups_json_forms(tmp_path) -> None:

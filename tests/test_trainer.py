@@ -245,6 +245,8 @@ def test_groups_from_a_group_run(zoo, tmp_path):
     got = json.loads((run_dir(tmp_path / "t") / "groups.json").read_text())
     assert got["labels"] == labels and not got["regrouped"]
     assert got["within_group_overlap"] == json.loads((grun / "groups.json").read_text())["within_group_overlap"]
+    with pytest.raises(DfmetaError, match="grouped with 'task'"):  # groups of the other Fisher labels: refused
+        train(tiny(zoo, tmp_path / "fl", epochs=1, groups_from=str(grun), fisher_labels="probe"))
 
     # another c: the labels `dfmeta group --groups 3` gives on the same W
     shutil.copytree(grun, tmp_path / "g3")

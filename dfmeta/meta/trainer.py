@@ -223,6 +223,10 @@ class Trainer(MetaTrainer):
         if not path.is_file():
             raise DfmetaError(f"field 'groups_from': {path} not found (a `dfmeta group` run directory expected)")
         g = json.loads(path.read_text())
+        used = g.get("fisher_labels", "task")
+        if used != cfg.fisher_labels:
+            raise DfmetaError(f"field 'fisher_labels': {cfg.fisher_labels!r}, but {path} was grouped with {used!r} "
+                              f"(pass --fisher-labels {used})")
         ids = [t.id for t in self.zoo.teachers]
         same = (g.get("teacher_ids"), g.get("mode"), g.get("groups")) == (ids, cfg.grouping, cfg.groups)
         from dfmeta.grouping import CACHE_FILE, cached_dissimilarity, spectral_groups
