@@ -159,11 +159,33 @@ def test_bad_input_before_compute(zoo, tmp_path):
         make(TrainConfig, {"zoo": "x", "no_such_field": 1})
     with pytest.raises(DfmetaError, match="fewer than m"):
         train(tiny(zoo, tmp_path, small_groups="error", groups=3, teachers_per_epoch=4))
+    with pytest.raises(DfmetaError, match="'probe'"):
+        make(TrainConfig, {"zoo": "z", "probe": "vgg16"})
+    # a missing probe weights file fails before any task is recovered
+    import dfmeta.meta.trainer as trainer_module
+
+    def no_recovery(*args, **kwargs):
+        raise AssertionError("tasks recovered before the probe weights were checked")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_module, "recover_tasks", no_recovery)
+        with pytest.raises(DfmetaError, match="probe weights file not found"):
+            train(tiny(zoo, tmp_path / "pw", probe_weights=str(tmp_path / "none.pth")))
     # a replay task takes train_shot + replay_queries images of one recovered class
     with pytest.raises(DfmetaError, match="'rec_per_class'.*train_shot \\+ replay_queries = 16"):
         make(TrainConfig, {"zoo": "z", "rec_per_class": 10})
     assert make(TrainConfig, {"zoo": "z", "rec_per_class": 10, "replay": False}).rec_per_class == 10
     assert make(TrainConfig, {"zoo": "z", "train_shot": 5}).rec_per_class == 30  # the paper's 5-shot setting fits
+
+
+def test_conv4_probe_for_the_grouping(zoo, tmp_path):
+    """--probe conv4 --probe-weights FILE: the groups come from that Conv4 (its description in groups.json)."""
+    from safetensors.torch import save_file
+    from dfmeta.nets import build
+    torch.manual_seed(5)
+    save_file(build("conv4", 160, SIZE, 3, "running").state_dict(), str(tmp_path / "probe.safetensors"))
+    train(tiny(zoo, tmp_path / "r", epochs=1, probe="conv4", probe_weights=str(tmp_path / "probe.safetensors")))
+    info = json.loads((run_dir(tmp_path / "r") / "groups.json").read_text())["info"]
+    assert "conv4 probe" in info["probe"] and "160-way" in info["probe"]
 
 
 def test_recovery_settings_reach_the_recovery(zoo, tmp_path):

@@ -27,6 +27,7 @@ from dfmeta.config import require
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
+from dfmeta.nets import ARCHITECTURES
 from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, fast_settings, normalise, recover_tasks,
                             teachers_per_batch)
 from dfmeta.runs import atomic_write
@@ -49,6 +50,8 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Take the task groups from this `dfmeta group` run directory instead of computing them (group once, train
     many runs): its groups.json when it grouped the same teachers with this mode and c, else its cached W clustered
     again for this run's teachers (a --zoo-size subset), mode and c."""
+    probe: str = "resnet34"
+    """Architecture of the Fisher probe loaded from --probe-weights (resnet34: the paper's; conv4: a dfmeta Conv4)."""
     probe_weights: str = ""
     """ImageNet ResNet-34 weights (torchvision format) for the Fisher probe; empty: the data-free fallback."""
     fisher_samples: int = 0
@@ -114,6 +117,7 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
             (self.kd or self.ce, "kd/ce", "at least one loss term on"),
             (self.teachers_per_epoch >= 1, "teachers_per_epoch", ">= 1"),
             (self.groups >= 1, "groups", ">= 1"),
+            (self.probe in ARCHITECTURES, "probe", f"one of: {', '.join(ARCHITECTURES)}"),
             (self.beta >= 0, "beta", ">= 0"),
             (self.rec_prefetch >= 0, "rec_prefetch", ">= 0"),
             (self.replay_max_batches >= 0, "replay_max_batches", ">= 0 (0: no cap)"),
@@ -191,7 +195,11 @@ class Trainer(MetaTrainer):
                 return z["labels"]
         if cfg.groups_from:
             return self.groups_of_run(cfg.groups_from)
-        from dfmeta.grouping import group_teachers, grouping_stability
+        from dfmeta.grouping import group_teachers, grouping_stability, load_probe
+        gcfg = GroupingConfig(groups=cfg.groups, mode=cfg.grouping, probe=cfg.probe, probe_weights=cfg.probe_weights,
+                              fisher_samples=cfg.fisher_samples, fisher_labels=cfg.fisher_labels)
+        if gcfg.probe_weights:
+            load_probe(gcfg, torch.device("cpu"), self.image_size)  # a bad weights file fails before the recovery
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
@@ -201,8 +209,6 @@ class Trainer(MetaTrainer):
             tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], rcfg, self.device,
                                    epoch_seed(cfg.seed, 0, 7))
             print(f"  grouping: recovered tasks {min(lo + chunk, len(idx))}/{len(idx)}", flush=True)
-        gcfg = GroupingConfig(groups=cfg.groups, mode=cfg.grouping, probe_weights=cfg.probe_weights,
-                              fisher_samples=cfg.fisher_samples, fisher_labels=cfg.fisher_labels)
         labels, W, info = group_teachers(self.zoo, tasks, gcfg, self.device)
         labels = np.asarray(labels, np.int64)
         self.save_groups(labels, W, gcfg.seed)
