@@ -412,3 +412,41 @@ def test_task_groups_section(tmp_path) -> None:
     (b / "groups.json").write_text("{")
     with pytest.raises(DfmetaError, match=r"cifar-fs__tgr__1__b/groups.json: not valid JSON"):
         build_report([str(runs)])
+
+
+def flatten(run: Path, folder: Path, prefix: str) -> None:
+    """Copy a run directory's files into ``folder`` as a record: ``PREFIX_config.json``, ``PREFIX_results.json``..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in run.iterdir():
+        (folder / f"{prefix}_{f.name}").write_bytes(f.read_bytes())
+
+
+def test_records_read_as_the_runs_they_were_copied_from(tmp_path) -> None:
+    """A record (a run's files under one prefix, as docs/results keeps them) reports exactly as its run directory:
+    found below a folder or named as FOLDER/PREFIX; records of one prefix in two folders are told apart; a record
+    without results is unfinished; a missing record is a one-line error."""
+    runs = tmp_path / "runs"
+    a = train_run(runs, "cifar-fs__tgr__0__a", {1: (35.0, 0.7), 5: (48.0, 0.7)})
+    _write(a, "groups.json", {"labels": [0, 1, 0, 1], "sizes": [2, 2], "stability": 0.5,
+                              "within_group_overlap": 0.9})
+    b = train_run(runs, "cifar-fs__tgr__0__b", {1: (34.0, 0.7), 5: (47.0, 0.7)}, grouping="similarity")
+    e = eval_run(runs, "cifar-fs__ota__0__c", "ota", {1: (36.03, 0.8), 5: (46.26, 0.78)})
+    flatten(a, tmp_path / "rec1", "tgr")
+    flatten(b, tmp_path / "rec1", "similarity")
+    flatten(e, tmp_path / "rec2", "ota")
+    flatten(a, tmp_path / "rec2", "tgr")
+    from_runs = build_report([str(runs)])
+    from_records = build_report([str(tmp_path / "rec1"), str(tmp_path / "rec2" / "ota")])
+    for title in ("Main results", "Similarity against"):
+        strip = lambda t: re.sub(r"^- \[\d+\].*$", "", table(t, title), flags=re.M)  # noqa: E731 (names differ)
+        assert strip(from_runs).split("\n", 1)[1] == strip(from_records).split("\n", 1)[1]
+    assert re.search(r"\| OTA \| ours \| 36\.03 ± 0\.80 \[\d+\] \| 46\.26 ± 0\.78 \[\d+\] \|",
+                     table(from_records, "Main results"))
+    assert "`tgr`: epochs" in from_records and "| `tgr` | TGR | 4 | 2 2 | grouped in the run | 0.50 | 0.90 |" \
+        in table(from_records, "Task groups")
+    both = build_report([str(tmp_path / "rec1"), str(tmp_path / "rec2")])
+    assert "`rec1/tgr`" in both and "`rec2/tgr`" in both
+    (tmp_path / "rec1" / "similarity_results.json").unlink()
+    assert "`similarity`" in table(build_report([str(tmp_path / "rec1")]), "Unfinished")
+    with pytest.raises(DfmetaError, match=r"rec1/nothing: no such run directory, record or folder"):
+        build_report([str(tmp_path / "rec1" / "nothing")])

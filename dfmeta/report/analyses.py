@@ -10,7 +10,7 @@ import numpy as np
 
 from dfmeta.errors import DfmetaError
 from dfmeta.report.cells import md_table
-from dfmeta.report.collect import Run
+from dfmeta.report.collect import Run, run_file
 from dfmeta.report.plots import PlotSink, fig4_png, fig5_png
 
 
@@ -21,7 +21,7 @@ def _stats(w: np.ndarray) -> tuple[int, float, float]:
 
 def dissimilarity_stats(run: Run) -> dict[str, Any]:
     """:func:`pair_stats` of a ``dfmeta group`` run."""
-    return pair_stats(run.analysis or {}, str(run.path / "analysis.json"))
+    return pair_stats(run.analysis or {}, str(run_file(run.path, "analysis.json")))
 
 
 def overlap_rho(w: np.ndarray, overlap: np.ndarray) -> float | None:
@@ -83,7 +83,7 @@ def fig4_section(run: Run, sink: PlotSink) -> list[str]:
 
 
 def _check_igr(run: Run) -> dict[str, Any]:
-    a, where = run.analysis or {}, run.path / "analysis.json"
+    a, where = run.analysis or {}, run_file(run.path, "analysis.json")
     epochs, runs = a.get("epochs"), a.get("runs")
     if not isinstance(epochs, list) or not isinstance(runs, dict) or not runs:
         raise DfmetaError(f"{where}: an igr-vs-erm analysis needs 'epochs' (a list) and 'runs' ({{variant: series}})")

@@ -1,5 +1,9 @@
 """Find run directories (by their ``config.json``) and read them: meta-training, evaluation and analysis runs.
 
+A *record* is a run kept as files with a common prefix in a folder (``docs/results/X/tgr_config.json``,
+``tgr_results.json``, ``tgr_metrics.jsonl``, ...): the form the recorded results take. It is read as the run
+directory it was copied from, under the path ``X/tgr``.
+
 A meta-training run (``dfmeta train``, ``dfmeta baseline ...``) has ``results.json`` with ``"test"``; an evaluation
 run (``dfmeta evaluate``) has ``results.json`` with ``"results"``; an analysis run (``dfmeta group``, ``dfmeta
 analyse ...``) has ``analysis.json``. A run without them is unfinished: it is listed, never reported.
@@ -163,7 +167,7 @@ class Run:
     def small_groups_acted(self) -> bool:
         """Whether ``small_groups`` changed the run's groups: some group of its ``groups.json`` had fewer than m
         teachers (True where that file is absent). Where none did, merge and fewer ran as the default would."""
-        path = self.path / "groups.json"
+        path = run_file(self.path, "groups.json")
         if not path.is_file():
             return True
         sizes, m = read_object(path).get("sizes"), self.config.get("teachers_per_epoch")
@@ -197,18 +201,32 @@ class Collection:
     """Directories left out, with the reason."""
 
 
+RECORD_SUFFIX = "_config.json"
+
+
+def run_file(run: Path, name: str) -> Path:
+    """The file ``name`` (``results.json``, ...) of a run directory, or of a record (``X/tgr`` -> ``X/tgr_name``)."""
+    return run / name if run.is_dir() else run.with_name(f"{run.name}_{name}")
+
+
 def find_run_dirs(paths: list[str] | tuple[str, ...]) -> list[Path]:
-    """Run directories: each path that holds ``config.json``, or every folder below it that does."""
+    """Run directories: each path that holds ``config.json`` or names a record (``X/tgr`` for
+    ``X/tgr_config.json``), or every run directory and record below it."""
     found: list[Path] = []
     for p in map(Path, paths):
+        if not p.is_dir() and run_file(p, "config.json").is_file():
+            found.append(p)
+            continue
         if not p.exists():
-            raise DfmetaError(f"{p}: no such run directory or folder")
+            raise DfmetaError(f"{p}: no such run directory, record or folder")
         if (p / "config.json").is_file():
             found.append(p)
             continue
-        below = sorted(c.parent for c in p.rglob("config.json"))
+        below = sorted([c.parent for c in p.rglob("config.json")]
+                       + [c.with_name(c.name[:-len(RECORD_SUFFIX)]) for c in p.rglob("*" + RECORD_SUFFIX)])
         if not below:
-            raise DfmetaError(f"{p}: no run directories below it (none holds a config.json)")
+            raise DfmetaError(f"{p}: no run directories below it (none holds a config.json or a record "
+                              f"NAME{RECORD_SUFFIX})")
         found.extend(below)
     unique = {d.resolve(): d for d in found}
     return sorted(unique.values(), key=lambda d: str(d))
@@ -251,10 +269,11 @@ def config_defaults(method: str) -> dict[str, Any]:
 
 
 def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
-    """Parse one run directory (config.json unless given, results.json or analysis.json, metrics.jsonl)."""
-    config = read_object(path / "config.json") if config is None else config
-    results = read_object(path / "results.json") if (path / "results.json").is_file() else None
-    analysis = read_object(path / "analysis.json") if (path / "analysis.json").is_file() else None
+    """Parse one run directory or record (config.json unless given, results.json or analysis.json,
+    metrics.jsonl)."""
+    config = read_object(run_file(path, "config.json")) if config is None else config
+    results = read_object(run_file(path, "results.json")) if run_file(path, "results.json").is_file() else None
+    analysis = read_object(run_file(path, "analysis.json")) if run_file(path, "analysis.json").is_file() else None
     if analysis is not None:
         kind: Kind = "analysis"
     elif results is not None:
@@ -263,11 +282,11 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
         elif isinstance(results.get("results"), dict):
             kind = "evaluate"
         else:
-            raise DfmetaError(f"{path / 'results.json'}: expected a field 'test' (meta-training run) or "
+            raise DfmetaError(f"{run_file(path, 'results.json')}: expected a field 'test' (meta-training run) or "
                               "'results' (evaluation run)")
     else:
         kind = "train" if "val_every" in config else "evaluate" if "split" in config else "analysis"
-    run = Run(path, kind, config, results, analysis, read_metrics(path / "metrics.jsonl"))
+    run = Run(path, kind, config, results, analysis, read_metrics(run_file(path, "metrics.jsonl")))
     if kind == "train":  # a run older than a config field had that field's default
         run.defaults = config_defaults(run.method)
         run.config = {**run.defaults, **config}
@@ -278,7 +297,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
         for k, res in run._by_shot().items():
             if not (k.isdigit() and isinstance(res, dict) and isinstance(res.get("acc"), (int, float))
                     and isinstance(res.get("ci95"), (int, float))):
-                raise DfmetaError(f"{path / 'results.json'}: the result at K={k!r} needs numbers 'acc' and 'ci95'")
+                raise DfmetaError(f"{run_file(path, 'results.json')}: the result at K={k!r} needs numbers 'acc' and "
+                                  "'ci95'")
     return run
 
 
@@ -286,7 +306,7 @@ def collect(paths: list[str] | tuple[str, ...]) -> Collection:
     """Find, parse and sort every run below ``paths``."""
     out = Collection()
     for d in find_run_dirs(paths):
-        config = read_json(d / "config.json")
+        config = read_json(run_file(d, "config.json"))
         if not isinstance(config, dict) or "seed" not in config:
             out.skipped.append((d, "config.json is not a dfmeta run's (no 'seed' field)"))
             continue

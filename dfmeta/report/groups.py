@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dfmeta.errors import DfmetaError
 from dfmeta.report.cells import md_table
-from dfmeta.report.collect import Run, read_object
+from dfmeta.report.collect import Run, read_object, run_file
 from dfmeta.report.curves import method_label
 
 
@@ -18,7 +18,7 @@ def groups_section(runs: list[Run]) -> list[str]:
     """``## Task groups`` for the finished meta-training runs whose directory holds a ``groups.json``."""
     rows = []
     for r in sorted(runs, key=lambda r: r.shown):
-        path = r.path / "groups.json"
+        path = run_file(r.path, "groups.json")
         if r.kind != "train" or not path.is_file():
             continue
         g = read_object(path)
