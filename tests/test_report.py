@@ -120,6 +120,24 @@ def test_variants_get_their_own_rows(tmp_path) -> None:
     assert "n=2" not in main_t
 
 
+def test_fast_paths_never_split_rows_but_are_footnoted(tmp_path) -> None:
+    """Runs that differ only in a fast path (the same computation up to rounding) are seeds of one row."""
+    train_run(tmp_path, "gpu", {1: (44.0, 0.6)}, seed=1, rec_amp="bf16", rec_batching="grouped", rec_prefetch=8)
+    train_run(tmp_path, "cpu", {1: (42.0, 0.6)}, rec_amp="off", rec_batching="vmap", rec_prefetch=1)
+    main_t = table(build_report([str(tmp_path)]), "Main results")
+    assert re.search(r"\| TGR \| ours \| 43\.00 ± 0\.60 \(n=2", main_t) and "TGR [" not in main_t
+    gpu = [ln for ln in main_t.splitlines() if "`gpu`" in ln]
+    assert len(gpu) == 1 and "rec_amp=bf16" in gpu[0] and "rec_batching=grouped" in gpu[0]
+
+
+def test_fast_path_set_covers_the_speed_settings() -> None:
+    from dataclasses import fields
+
+    from dfmeta.recover import FastRecoveryFields
+    from dfmeta.report.collect import SPEED
+    assert {f.name for f in fields(FastRecoveryFields)} | {"rec_prefetch", "replay_graph"} == SPEED
+
+
 def test_footnotes_name_settings_away_from_the_defaults(tmp_path) -> None:
     """A reduced-size run says so beside its number; the source of its groups (a path) neither shows nor splits."""
     train_run(tmp_path, "cifar-fs__tgr__0__small", {1: (35.0, 0.7)}, rec_nf=16, rec_steps=30, val_episodes=300,

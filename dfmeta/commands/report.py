@@ -13,7 +13,8 @@ class ReportConfig:
     """Turn run directories into a markdown report."""
 
     runs: tuple[str, ...] = ()
-    """Run directories, or folders searched recursively for them (a run directory holds config.json)."""
+    """Run directories, records, or folders searched recursively for them (a run directory holds config.json; a
+    record FOLDER/NAME is a run's files copied as FOLDER/NAME_config.json, NAME_results.json, ...)."""
     out: str = ""
     """Markdown file to write (empty: print the report)."""
     plots: str = ""

@@ -6,6 +6,7 @@ Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global back
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Hashable
 
@@ -42,10 +43,11 @@ class PlotSink:
         return [f"![{caption}]({Path(os.path.relpath(path, self.markdown_dir)).as_posix()})", ""]
 
 
-def _figure(panels: int) -> tuple[Any, list[Any]]:
+def _figure(panels: int, legend: tuple[float, float] = (0.0, 0.0)) -> tuple[Any, list[Any]]:
+    """A figure of ``panels`` side by side, widened (and heightened) for a ``legend`` of that size beside them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(4.2 * panels, 3.4), layout="constrained")
+    fig = Figure(figsize=(4.2 * panels + legend[0], max(3.4, legend[1] + 0.8)), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
 
@@ -84,26 +86,59 @@ def fig5_png(analysis: dict[str, Any], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+# Legend entries that fit inside one panel; more go in columns to the right of it, in a wider figure.
+LEGEND_INSIDE = 8
+LEGEND_ROWS = 20
+LEGEND_WRAP = 48
+"""Characters per line of a legend entry (longer labels wrap)."""
+
+
+def _wrapped(labels: list[str]) -> list[str]:
+    return [textwrap.fill(str(label), LEGEND_WRAP) for label in labels]
+
+
+def _legend(ax: Any, fontsize: int) -> None:
+    """The panel's legend: inside for a few lines, else beside the panel in columns of LEGEND_ROWS entries."""
+    handles, labels = ax.get_legend_handles_labels()
+    labels = _wrapped(labels)
+    if len(labels) <= LEGEND_INSIDE:
+        ax.legend(handles, labels, fontsize=fontsize)
+    else:
+        ax.legend(handles, labels, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                  borderaxespad=0.0, ncols=-(-len(labels) // LEGEND_ROWS))
+
+
+def _legend_size(labels: list[str], fontsize: int) -> tuple[float, float]:
+    """Inches (width, height) a legend beside its panel needs (see :func:`_legend`); none for one inside it."""
+    if len(labels) <= LEGEND_INSIDE:
+        return 0.0, 0.0
+    lines = [ln for label in _wrapped(labels) for ln in label.splitlines()]
+    cols = -(-len(labels) // LEGEND_ROWS)
+    char = 0.6 * fontsize / 72  # an average glyph's width, inches
+    rows = -(-len(lines) // cols)
+    return cols * (0.5 + char * max(map(len, lines))), rows * 1.4 * fontsize / 72
+
+
 def fig6_png(series: dict[Hashable, list[tuple[float, float, float]]], path: Path) -> None:
     """Accuracy (± 95% CI) against the number of teachers, one line per setting."""
-    fig, (ax,) = _figure(1)
+    fig, (ax,) = _figure(1, _legend_size([str(k) for k in series], 7))
     for label, pts in series.items():
         pts = sorted(pts)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                     label=str(label))
     ax.set(xlabel="number of teachers", ylabel="5-way accuracy (%)")
-    ax.legend(fontsize=7)
+    _legend(ax, 7)
     fig.savefig(path, dpi=120)
 
 
 def val_curves_png(series: dict[str, list[tuple[int, float]]], selected: dict[str, int], path: Path) -> None:
     """Meta-val accuracy against epoch, one line per run; a ring marks each finished run's selected epoch."""
-    fig, (ax,) = _figure(1)
+    fig, (ax,) = _figure(1, _legend_size(list(series), 6))
     for label, pts in series.items():
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, marker="." if len(pts) < 30 else None,
                         label=label)
         if label in selected and selected[label] in dict(pts):
             ax.plot([selected[label]], [dict(pts)[selected[label]]], "o", mfc="none", ms=8, color=line.get_color())
     ax.set(xlabel="epoch", ylabel="meta-val accuracy (%)")
-    ax.legend(fontsize=6)
+    _legend(ax, 6)
     fig.savefig(path, dpi=120)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from dfmeta.report import paper
 from dfmeta.report.cells import Cell, Entry, Sources, md_table, short
-from dfmeta.report.collect import COORDINATES, IGNORED, NOT_APPLIED, Run
+from dfmeta.report.collect import COORDINATES, IGNORED, NOT_APPLIED, SPEED, Run
 
 DATASET_NAMES = {"cifar-fs": "CIFAR-FS", "miniimagenet": "miniImageNet", "cub": "CUB", "fc100": "FC100",
                  "omniglot": "Omniglot"}
@@ -57,14 +57,15 @@ def _in_order(order: Iterable[str]) -> Callable[[str], tuple]:
 
 
 def variant_labels(runs: list[Run]) -> dict[Path, str]:
-    """For each run, the config fields (beyond coordinates and ignored ones) that differ between runs of one dataset
-    (a value that did not apply, :data:`~dfmeta.report.collect.NOT_APPLIED`, differs from none and is not shown)."""
+    """For each run, the config fields (beyond coordinates, ignored ones and fast paths) that differ between runs of
+    one dataset (a value that did not apply, :data:`~dfmeta.report.collect.NOT_APPLIED`, differs from none and is
+    not shown)."""
     by_ds: dict[str, list[Run]] = defaultdict(list)
     for r in runs:
         by_ds[r.dataset].append(r)
     differ: set[str] = set()
     for group in by_ds.values():
-        keys = set().union(*(r.config for r in group)) - IGNORED - COORDINATES
+        keys = set().union(*(r.config for r in group)) - IGNORED - COORDINATES - SPEED
         differ |= {f for f in keys if len({json.dumps(r.config.get(f), sort_keys=True) for r in group
                                            if r.config.get(f) != NOT_APPLIED}) > 1}
     return {r.path: ", ".join(f"{f}={short(r.config.get(f))}" for f in sorted(differ)
