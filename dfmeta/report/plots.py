@@ -108,6 +108,11 @@ def _legend(ax: Any, fontsize: int) -> None:
                   borderaxespad=0.0, ncols=-(-len(labels) // LEGEND_ROWS))
 
 
+def _style(i: int) -> dict[str, Any]:
+    """The i-th line's style: matplotlib's ten colours, then the same colours dashed, dotted, dash-dotted."""
+    return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[i // 10 % 4]}
+
+
 def _legend_size(labels: list[str], fontsize: int) -> tuple[float, float]:
     """Inches (width, height) a legend beside its panel needs (see :func:`_legend`); none for one inside it."""
     if len(labels) <= LEGEND_INSIDE:
@@ -122,10 +127,10 @@ def _legend_size(labels: list[str], fontsize: int) -> tuple[float, float]:
 def fig6_png(series: dict[Hashable, list[tuple[float, float, float]]], path: Path) -> None:
     """Accuracy (± 95% CI) against the number of teachers, one line per setting."""
     fig, (ax,) = _figure(1, _legend_size([str(k) for k in series], 7))
-    for label, pts in series.items():
+    for i, (label, pts) in enumerate(series.items()):
         pts = sorted(pts)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=str(label))
+                    label=str(label), **_style(i))
     ax.set(xlabel="number of teachers", ylabel="5-way accuracy (%)")
     _legend(ax, 7)
     fig.savefig(path, dpi=120)
@@ -134,9 +139,9 @@ def fig6_png(series: dict[Hashable, list[tuple[float, float, float]]], path: Pat
 def val_curves_png(series: dict[str, list[tuple[int, float]]], selected: dict[str, int], path: Path) -> None:
     """Meta-val accuracy against epoch, one line per run; a ring marks each finished run's selected epoch."""
     fig, (ax,) = _figure(1, _legend_size(list(series), 6))
-    for label, pts in series.items():
+    for i, (label, pts) in enumerate(series.items()):
         line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, marker="." if len(pts) < 30 else None,
-                        label=label)
+                        label=label, **_style(i))
         if label in selected and selected[label] in dict(pts):
             ax.plot([selected[label]], [dict(pts)[selected[label]]], "o", mfc="none", ms=8, color=line.get_color())
     ax.set(xlabel="epoch", ylabel="meta-val accuracy (%)")
