@@ -468,3 +468,12 @@ def test_records_read_as_the_runs_they_were_copied_from(tmp_path) -> None:
     assert "`similarity`" in table(build_report([str(tmp_path / "rec1")]), "Unfinished")
     with pytest.raises(DfmetaError, match=r"rec1/nothing: no such run directory, record or folder"):
         build_report([str(tmp_path / "rec1" / "nothing")])
+
+
+def test_every_committed_record_is_reported() -> None:
+    """docs/results stays readable: each record's config found there is a finished run of the report, none left out."""
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    configs = list(results.rglob("*config.json"))
+    text = build_report([str(results)])
+    assert configs and f"{len(configs)} finished runs" in text.splitlines()[2]
+    assert "0 unfinished" in text.splitlines()[2] and "## Left out" not in text
