@@ -351,9 +351,15 @@ def test_meta_val_curves(tmp_path) -> None:
         twin = train_run(runs / parent, "cifar-fs__tgr__3__x", {1: (38.0, 0.6)}, epochs=2, epochs_run=2, selected=2,
                          zoo=f"/z/zoo-{parent}")  # and the zoo each learned from
         (twin / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "val_acc": {"a": 31.0, "b": 32.0}[parent]}) + "\n")
+    # a time limit ended this run after epoch 5: its last validation is a row of its own (the loop's format)
+    cut = train_run(runs, "cifar-fs__tgr__4__x", {1: (37.0, 0.6)}, epochs=10, epochs_run=5, selected=5)
+    (cut / "metrics.jsonl").write_text(json.dumps({"epoch": 4, "val_acc": 30.0}) + "\n" + json.dumps({"epoch": 5})
+                                       + "\n" + json.dumps({"validated_epoch": 5, "time_limit_end": True,
+                                                            "val_acc": 30.5}) + "\n")
     out = tmp_path / "report.md"
     section = table(build_report([str(runs)], str(out)), "Meta-validation")
     assert "| `cifar-fs__tgr__0__x` | TGR | `zoo-mixed` | 10/10 | 5 | 4 (33.50) | 4 (33.50) | 10 (32.00) |" in section
+    assert "| `cifar-fs__tgr__4__x` | TGR | — | 5/10 | 2 | 5 (30.50) | 5 (30.50) | 5 (30.50) |" in section
     assert "cifar-fs__tgr__1__x" not in section and "cifar-fs__tgr__2__x" not in section
     assert "| `a/cifar-fs__tgr__3__x` | TGR | `zoo-a` | 2/2 | 1 | 2 (31.00) | 2 (31.00) | 2 (31.00) |" in section
     assert "| `b/cifar-fs__tgr__3__x` | TGR | `zoo-b` | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section

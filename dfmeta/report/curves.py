@@ -12,9 +12,13 @@ from dfmeta.report.tables import method_name
 
 
 def val_curve(run: Run) -> list[tuple[int, float]]:
-    """(epoch, meta-val accuracy) of every validation logged in the run's ``metrics.jsonl``, in epoch order."""
-    points = {m["epoch"]: float(m["val_acc"]) for m in run.metrics
-              if isinstance(m.get("epoch"), int) and isinstance(m.get("val_acc"), (int, float)) and m["val_acc"] >= 0}
+    """(epoch, meta-val accuracy) of every validation logged in the run's ``metrics.jsonl``, in epoch order: those of
+    epoch rows and the one a time limit adds after the last epoch (``validated_epoch``)."""
+    points = {}
+    for m in run.metrics:
+        epoch = m.get("epoch", m.get("validated_epoch"))
+        if isinstance(epoch, int) and isinstance(m.get("val_acc"), (int, float)) and m["val_acc"] >= 0:
+            points[epoch] = float(m["val_acc"])
     return sorted(points.items())
 
 
