@@ -480,6 +480,8 @@ def test_every_committed_record_is_reported() -> None:
     """docs/results stays readable: each record's config found there is a finished run of the report, none left out."""
     results = Path(__file__).resolve().parents[1] / "docs" / "results"
     configs = list(results.rglob("*config.json"))
+    analyses = list(results.rglob("*analysis.json"))  # as recorded: without their configs
     text = build_report([str(results)])
-    assert configs and f"{len(configs)} finished runs" in text.splitlines()[2]
-    assert "0 unfinished" in text.splitlines()[2] and "## Left out" not in text
+    head = text.splitlines()[2]
+    assert configs and f"{len(configs)} finished runs, {len(analyses)} analysis runs, 0 unfinished" in head
+    assert "## Left out" not in text and text.count("## Task dissimilarity (Fig. 4)") == 1

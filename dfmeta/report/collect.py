@@ -204,7 +204,8 @@ class Collection:
     """Directories left out, with the reason."""
 
 
-RECORD_SUFFIX = "_config.json"
+RECORD_FILES = ("config.json", "analysis.json")
+"""A record is found by either file (an analysis record may have been kept without its config)."""
 
 
 def run_file(run: Path, name: str) -> Path:
@@ -214,10 +215,10 @@ def run_file(run: Path, name: str) -> Path:
 
 def find_run_dirs(paths: list[str] | tuple[str, ...]) -> list[Path]:
     """Run directories: each path that holds ``config.json`` or names a record (``X/tgr`` for
-    ``X/tgr_config.json``), or every run directory and record below it."""
+    ``X/tgr_config.json`` or ``X/tgr_analysis.json``), or every run directory and record below it."""
     found: list[Path] = []
     for p in map(Path, paths):
-        if not p.is_dir() and run_file(p, "config.json").is_file():
+        if not p.is_dir() and any(run_file(p, f).is_file() for f in RECORD_FILES):
             found.append(p)
             continue
         if not p.exists():
@@ -226,10 +227,10 @@ def find_run_dirs(paths: list[str] | tuple[str, ...]) -> list[Path]:
             found.append(p)
             continue
         below = sorted([c.parent for c in p.rglob("config.json")]
-                       + [c.with_name(c.name[:-len(RECORD_SUFFIX)]) for c in p.rglob("*" + RECORD_SUFFIX)])
+                       + [c.with_name(c.name[:-len(f) - 1]) for f in RECORD_FILES for c in p.rglob("*_" + f)])
         if not below:
             raise DfmetaError(f"{p}: no run directories below it (none holds a config.json or a record "
-                              f"NAME{RECORD_SUFFIX})")
+                              "NAME_config.json)")
         found.extend(below)
     unique = {d.resolve(): d for d in found}
     return sorted(unique.values(), key=lambda d: str(d))
@@ -309,10 +310,13 @@ def collect(paths: list[str] | tuple[str, ...]) -> Collection:
     """Find, parse and sort every run below ``paths``."""
     out = Collection()
     for d in find_run_dirs(paths):
-        config = read_json(run_file(d, "config.json"))
-        if not isinstance(config, dict) or "seed" not in config:
-            out.skipped.append((d, "config.json is not a dfmeta run's (no 'seed' field)"))
-            continue
+        if run_file(d, "config.json").is_file():
+            config = read_json(run_file(d, "config.json"))
+            if not isinstance(config, dict) or "seed" not in config:
+                out.skipped.append((d, "config.json is not a dfmeta run's (no 'seed' field)"))
+                continue
+        else:  # an analysis record kept without its config: the analysis is all the report needs
+            config = {}
         run = load_run(d, config)
         if not run.finished:
             out.unfinished.append(run)
