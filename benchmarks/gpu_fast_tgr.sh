@@ -9,7 +9,8 @@
 #   TRAIN_FLAGS="--rec-compile on ..." adds `dfmeta train` options to a new run of step 4.
 #   RESUME=path/to/run_dir (carried) continues that run in step 4 instead of starting one. The run directory comes
 #   back whole, checkpoint included, as $OUT/tgr_run.tar.gz.part-aa, -ab, ... (15 MiB pieces, the size limit of a
-#   returned file): `cat tgr_run.tar.gz.part-* | tar xz` restores it for a later RESUME.
+#   returned file): `cat tgr_run.tar.gz.part-* | tar xz` restores it for a later RESUME (KEEP_CKPT=0 leaves it out);
+#   $OUT/tgr_run_small.tar.gz holds the run's records alone (config, metrics, groups, results, report).
 #   DEFER_TEST=1 trains without the meta-test split (--defer-test): a full run in several calls, each carrying the
 #   zoo, the val split and the run (about 58 MB with the 37 MB memory bank), none the 37 MB test split:
 #     STEPS=4 DEFER_TEST=1 [RESUME=.carry/run/<run>] bash benchmarks/gpu_fast_tgr.sh 560   # repeat to 1000 epochs
@@ -53,8 +54,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 
 if want 1; then
 echo "== 1. fast paths against the plain reference path on this device ($(left) s left)"
-timeout 90 python -m pytest -q -p no:cacheprovider tests/test_recover.py tests/test_cuda_graph.py \
-  -k "cuda or bf16 or batching or prefetch or upsample" || echo "!! step 1 failed (rc $?)"
+timeout ${STEP1_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider tests/test_recover.py tests/test_cuda_graph.py \
+  -k "cuda or bf16 or batching or prefetch or upsample or compile" || echo "!! step 1 failed (rc $?)"
 fi
 
 if want 2; then
@@ -107,6 +108,7 @@ run=$(ls -d "$RUNS"/*/ 2>/dev/null | head -1)
 if [ -n "$run" ]; then
   python benchmarks/epoch_times.py "$run" --wall "$wall" | tee "$OUT/epoch_times.md"
   python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
-  tar czf - -C "$RUNS" . | split -b 15m - "$OUT/tgr_run.tar.gz.part-"
+  tar czf "$OUT/tgr_run_small.tar.gz" -C "$RUNS" --exclude='*.pt' --exclude='*.npz' .  # records, without checkpoints
+  [ "${KEEP_CKPT:-1}" = 1 ] && tar czf - -C "$RUNS" . | split -b 15m - "$OUT/tgr_run.tar.gz.part-"
 fi
 echo "== done in $(($(date +%s) - T0)) s"
