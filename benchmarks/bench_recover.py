@@ -44,6 +44,7 @@ VARIANTS = {  # name: (amp, graph, batching, channels_last[, compile])
     "fp32 eager grouped compiled": ("off", "off", "grouped", "off", "on"),
     "bf16 eager grouped compiled": ("bf16", "off", "grouped", "off", "on"),
     "bf16 graph grouped compiled": ("bf16", "on", "grouped", "off", "on"),
+    "bf16 graph grouped channels_last compiled": ("bf16", "on", "grouped", "on", "on"),
 }
 
 

@@ -19,14 +19,15 @@ seeded by ``(seed, teacher index)``: recovering a teacher alone or together with
 Fast paths (:func:`fast_settings`; the CUDA defaults, measured in docs/results/h100-2026-11-27.md): bf16 autocast of
 the generator and teacher passes; ``grouped`` batching (:mod:`dfmeta.nets.grouped`: the stacked generators and Conv4
 teachers as one network of grouped convolutions, what vmap computes without its reshuffling); each step replayed as a
-captured CUDA graph (:class:`dfmeta.cuda_graph.Graphed`). The CPU default is the plain float32 vmap path, and each fast
-path is tested against it.
+captured CUDA graph (:class:`dfmeta.cuda_graph.Graphed`); the grouped forward pass compiled with ``torch.compile``
+(:func:`compiles`, measured in docs/results/h200-2026-12-04.md; not for the one-off grouping recovery, :func:`once`).
+The CPU default is the plain float32 vmap path, and each fast path is tested against it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Literal, Sequence
 
@@ -73,10 +74,12 @@ class RecoveryConfig:
     """How teachers are batched in a step: vmap, loop (one plain pass per teacher), grouped (one network of
     grouped convolutions, :mod:`dfmeta.nets.grouped`; for the generator and Conv4 teachers, vmap for other
     teachers and with an extra loss), auto (grouped on CUDA, vmap elsewhere)."""
-    compile: Literal["off", "on"] = "off"
+    compile: Literal["auto", "off", "on"] = "auto"
     """Compile the grouped batching's forward pass (generator, augmentation, Conv4 teacher, loss) with
-    ``torch.compile``, fusing its elementwise and reduction kernels; off by default (not yet measured on a GPU).
-    Applies only where the grouped batching runs; a failed compilation falls back to the eager pass."""
+    ``torch.compile``, fusing its elementwise and reduction kernels: on, off, auto (on CUDA, off elsewhere and for a
+    recovery run once, see :func:`once`). Compiling costs about 20 s per teacher count and saves about a third of a
+    recovery on an H200 (docs/results/h200-2026-12-04.md). Applies only where the grouped batching runs; a failed
+    compilation falls back to the eager pass."""
 
     def validate(self) -> None:
         for name in ("steps", "per_class", "nz", "nf"):
@@ -87,7 +90,7 @@ class RecoveryConfig:
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
         for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),
-                              ("channels_last", ("off", "on")), ("compile", ("off", "on")),
+                              ("channels_last", ("off", "on")), ("compile", ("auto", "off", "on")),
                               ("batching", ("auto", "vmap", "loop", "grouped"))):
             if getattr(self, name) not in allowed:
                 raise DfmetaError(f"field {name!r}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -109,8 +112,9 @@ class FastRecoveryFields:
     rec_batching: Literal["auto", "vmap", "loop", "grouped"] = "auto"
     """Teachers in a recovery step: vmap, loop (one plain pass per teacher), grouped (one network of grouped
     convolutions; generator and Conv4 teachers), auto (grouped on CUDA, vmap elsewhere)."""
-    rec_compile: Literal["off", "on"] = "off"
-    """torch.compile the grouped recovery's forward pass (fused kernels; not yet measured on a GPU)."""
+    rec_compile: Literal["auto", "off", "on"] = "auto"
+    """torch.compile the grouped recovery's forward pass (fused kernels): auto (on CUDA, except for the one-off
+    grouping recovery), on, off."""
 
     def fast_recovery(self) -> dict[str, str]:
         """The RecoveryConfig fields these settings give."""
@@ -322,7 +326,11 @@ def _compiled_step_loss() -> Callable:
     process, up to 64 of them); if compiling fails, that is reported once and the eager function is used from then
     on."""
     if "fn" not in _COMPILED:
+        import warnings
+
         import torch._dynamo.config as dynamo_config
+        # Inductor's note that it split the log-softmax reduction (no online softmax): not the user's concern
+        warnings.filterwarnings("ignore", message=r"\s*Online softmax is disabled", category=UserWarning)
         compiled = torch.compile(_step_loss, dynamic=False)
         limit = {"recompile_limit": 64} if hasattr(dynamo_config, "recompile_limit") else {}
 
@@ -354,6 +362,17 @@ def fast_settings(cfg: RecoveryConfig, device: torch.device,
     graph = cuda and not extra and cfg.steps > GRAPH_WARMUP and cfg.graph in ("auto", "on")
     batching = cfg.batching if cfg.batching != "auto" else ("grouped" if cuda else "vmap")
     return amp, graph, batching
+
+
+def compiles(cfg: RecoveryConfig, device: torch.device) -> bool:
+    """Whether ``cfg`` compiles the grouped recovery step on ``device`` (auto: on CUDA)."""
+    return cfg.compile == "on" or (cfg.compile == "auto" and torch.device(device).type == "cuda")
+
+
+def once(cfg: RecoveryConfig) -> RecoveryConfig:
+    """``cfg`` for a recovery run once (the grouping's): compile auto becomes off, since one compilation per teacher
+    count (about 20 s on an H200) costs more than it saves over a single recovery."""
+    return replace(cfg, compile="off") if cfg.compile == "auto" else cfg
 
 
 def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int], cfg: RecoveryConfig,
@@ -427,7 +446,7 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
         forward = _step_loss
         if grouped_ok and t0.arch == "conv4" and grouped.conv4_blocks(tstate):
             terms = partial(grouped.conv4_terms, y=y, channels_last=cl)
-            if cfg.compile == "on":  # pure tensor code (no BN hooks): compilable as one graph
+            if compiles(cfg, device):  # pure tensor code (no BN hooks): compilable as one graph
                 forward = _compiled_step_loss()
         else:
             terms = _over_teachers(lambda s, xx: loss_terms(model, bn, s, xx, y), batching == "loop")

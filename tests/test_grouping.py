@@ -243,7 +243,14 @@ def test_heatmap_png():
     assert img.getpixel((9, 2)) == (255, 255, 255)  # the border between the two groups
 
 
-def test_group_command(tmp_path, capsys):
+def test_group_command(tmp_path, capsys, monkeypatch):
+    import dfmeta.commands.group as group_command
+    recover, compile_settings = group_command.recover_tasks, []
+
+    def spy(teachers, indices, cfg, *a, **kw):
+        compile_settings.append(cfg.compile)
+        return recover(teachers, indices, cfg, *a, **kw)
+    monkeypatch.setattr(group_command, "recover_tasks", spy)
     zoo_dir = tmp_path / "zoo"
     write_manifest(zoo_dir, [save_teacher(zoo_dir, random_teacher(i, size=16)) for i in range(3)])
     args = ["group", "--zoo", str(zoo_dir), "--groups", "2", "--steps", "2", "--per-class", "2", "--nz", "8",
@@ -254,6 +261,7 @@ def test_group_command(tmp_path, capsys):
     assert set(doc["labels"]) == {0, 1} and doc["teacher_ids"] == ["0", "1", "2"]
     assert sum(len(g) for g in doc["members"]) == 3 and "fallback" in doc["probe"]
     assert (run / "W.png").is_file() and (run / "fisher.npz").is_file()
+    assert compile_settings == ["off"]  # a one-off recovery: compile auto does not compile it (recover.once)
     out = capsys.readouterr().out
     assert "group 0" in out and "class0_0" in out and "stability: adjusted Rand index" in out
     assert -0.5 <= doc["stability"] <= 1.0  # an adjusted Rand index

@@ -8,7 +8,8 @@ import torch
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import build
 from dfmeta.nets.generator import Generator
-from dfmeta.recover import BNStatLoss, RecoveryConfig, augment, recover_tasks, recovery_loss, teachers_per_batch
+from dfmeta.recover import (BNStatLoss, RecoveryConfig, augment, compiles, once, recover_tasks, recovery_loss,
+                            teachers_per_batch)
 from dfmeta.zoo.format import Teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,7 +200,7 @@ def test_cuda_graph_equals_eager_on_cuda():
     """On a GPU: the graph-replayed steps give the eager steps' result (float32, TF32 off)."""
     same = [random_teacher(0), random_teacher(3)]
     dev = torch.device("cuda")
-    cfg = RecoveryConfig(steps=8, per_class=3, nz=16, nf=8, amp="off")
+    cfg = RecoveryConfig(steps=8, per_class=3, nz=16, nf=8, amp="off", compile="off")  # compiled: the next tests
     torch.backends.cudnn.allow_tf32 = False
     eager = recover_tasks(same, [0, 1], RecoveryConfig(**{**cfg.__dict__, "graph": "off"}), dev, seed=2)
     graph = recover_tasks(same, [0, 1], RecoveryConfig(**{**cfg.__dict__, "graph": "on"}), dev, seed=2)
@@ -230,7 +231,7 @@ def test_upsample2_is_nearest_interpolation():
 
 def _compiled_vs_eager(dev: torch.device, **kw) -> tuple[list, list]:
     same = [random_teacher(0), random_teacher(3), random_teacher(4)]
-    cfg = RecoveryConfig(steps=4, per_class=2, nz=8, nf=4, batching="grouped", **kw)
+    cfg = RecoveryConfig(steps=4, per_class=2, nz=8, nf=4, batching="grouped", compile="off", **kw)
     eager = recover_tasks(same, [0, 1, 2], cfg, dev, seed=3)
     compiled = recover_tasks(same, [0, 1, 2], RecoveryConfig(**{**cfg.__dict__, "compile": "on"}), dev, seed=3)
     return compiled, eager
@@ -252,6 +253,15 @@ def test_compiled_step_equals_eager(monkeypatch):
     assert len(again) == 3 and dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # no recompilation
 
 
+def test_compiled_channels_last_equals_eager(monkeypatch):
+    """compile on with channels_last activations: the eager channels_last grouped result (float32 tolerance)."""
+    import dfmeta.recover as rec
+    monkeypatch.setattr(rec, "_COMPILED", {})
+    compiled, eager = _compiled_vs_eager(CPU, channels_last="on")
+    assert rec._COMPILED["fn"] is not rec._step_loss
+    _close_tasks(compiled, eager, atol=1e-5, rtol=1e-4)
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
     import dfmeta.recover as rec
 
@@ -266,6 +276,17 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, capsys):
     assert "torch.compile of the recovery step failed (RuntimeError: no compiler here)" in capsys.readouterr().out
     with pytest.raises(DfmetaError, match="field 'compile'"):
         RecoveryConfig(compile="max")
+
+
+def test_compile_auto_is_on_for_cuda_and_off_for_a_one_off_recovery():
+    """compile auto: compiled on CUDA (measured faster there), never on the CPU; a recovery run once (the grouping's)
+    does not compile under auto, while an explicit choice is kept."""
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert compiles(RecoveryConfig(), cuda) and not compiles(RecoveryConfig(), CPU)
+    assert compiles(RecoveryConfig(compile="on"), CPU) and not compiles(RecoveryConfig(compile="off"), cuda)
+    assert not compiles(once(RecoveryConfig()), cuda)
+    assert [once(RecoveryConfig(compile=c)).compile for c in ("auto", "on", "off")] == ["off", "on", "off"]
+    assert once(RecoveryConfig(steps=7, nf=5)) == RecoveryConfig(steps=7, nf=5, compile="off")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

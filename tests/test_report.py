@@ -103,6 +103,7 @@ def test_unfinished_listed_without_numbers(tmp_path) -> None:
     train_run(tmp_path, "cifar-fs__tgr__0__done", {1: (40.0, 0.6)})
     train_run(tmp_path, "cifar-fs__purer__0__running", None, method="purer", epochs_run=7)
     text = build_report([str(tmp_path)])
+    assert ": 1 finished run, 0 analysis runs, 1 unfinished." in text.splitlines()[2]
     unf = table(text, "Unfinished runs")
     assert "| `cifar-fs__purer__0__running` | train | PURER | CIFAR-FS | epoch 7 of 100 | no results.json |" in unf
     assert "33.33" not in text and "| PURER | ours" not in text
@@ -365,6 +366,22 @@ def test_meta_val_curves(tmp_path) -> None:
     assert "| `b/cifar-fs__tgr__3__x` | TGR | `zoo-b` | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section
     png = tmp_path / "report_plots" / "meta_val_curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(report_plots/meta_val_curves.png)" in section
+
+
+def test_meta_val_curve_legend_names_the_switches(tmp_path, monkeypatch) -> None:
+    """A run set away from the paper's defaults (here the replay mix) is labelled so in the plot's legend too."""
+    pytest.importorskip("matplotlib")
+    import dfmeta.report.curves as curves
+    drawn = {}
+    monkeypatch.setattr(curves, "val_curves_png", lambda series, selected, path: drawn.update(series=series,
+                                                                                             selected=selected))
+    for name, mix in (("paper", "across"), ("mixed", "within")):
+        run = train_run(tmp_path, name, {1: (40.0, 0.6)}, epochs=4, epochs_run=4, selected=2, replay_mix=mix)
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "val_acc": 31.0}) + "\n")
+    section = table(build_report([str(tmp_path)], str(tmp_path / "report.md")), "Meta-validation")
+    assert "| `mixed` | TGR [replay_mix=within] |" in section
+    assert sorted(drawn["series"]) == ["mixed [replay_mix=within]", "paper"]
+    assert drawn["selected"] == {"mixed [replay_mix=within]": 2, "paper": 2}
 
 
 def test_same_named_runs_are_told_apart_everywhere(tmp_path) -> None:

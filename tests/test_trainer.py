@@ -329,3 +329,20 @@ def test_small_groups_fewer_needs_w(zoo, tmp_path):
     with pytest.raises(DfmetaError, match="--small-groups fewer needs W"):
         train(tiny(zoo, tmp_path / "t", groups=3, teachers_per_epoch=3, small_groups="fewer",
                    groups_from=str(grun)))
+
+
+def test_grouping_recovers_without_compiling_under_auto(zoo, tmp_path, monkeypatch):
+    """The grouping's one-off recovery runs with compile off under auto (a compilation per teacher count costs more
+    than one recovery saves), the epochs' recovery keeps auto (compiled on CUDA)."""
+    import dfmeta.meta.trainer as trainer_module
+    seen = []
+
+    def spy(teachers, indices, cfg, *a, **kw):
+        seen.append(cfg.compile)
+        return recover(teachers, indices, cfg, *a, **kw)
+    recover = trainer_module.recover_tasks
+    monkeypatch.setattr(trainer_module, "recover_tasks", spy)
+    train(tiny(zoo, tmp_path, epochs=2, groups=2))
+    groups = json.loads((run_dir(tmp_path) / "groups.json").read_text())
+    n_grouping = len(seen) - 2  # one recovery per epoch after the grouping
+    assert groups and n_grouping >= 1 and seen[:n_grouping] == ["off"] * n_grouping and seen[n_grouping:] == ["auto"] * 2

@@ -19,7 +19,7 @@ from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import (GroupingConfig, class_overlap, group_teachers, grouping_stability, load_probe,
                              within_group_overlap)
-from dfmeta.recover import RecoveryConfig, recover_tasks, teachers_per_batch
+from dfmeta.recover import RecoveryConfig, once, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, resolve_device, set_threads
 from dfmeta.zoo.format import Zoo
 
@@ -90,7 +90,7 @@ def run_group(cfg: GroupCommandConfig) -> None:
         raise DfmetaError(f"field 'groups': c = {cfg.groups} is larger than the zoo ({len(zoo)} models)")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    rcfg, gcfg = _sub(RecoveryConfig, cfg), _sub(GroupingConfig, cfg)
+    rcfg, gcfg = once(_sub(RecoveryConfig, cfg)), _sub(GroupingConfig, cfg)
     if gcfg.probe_weights:
         load_probe(gcfg, torch.device("cpu"))  # a bad weights file fails now, not after the recovery
     run = RunDir(cfg.run_dir, cfg) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed, cfg)

@@ -28,8 +28,8 @@ from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.nets import ARCHITECTURES
-from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, fast_settings, normalise, recover_tasks,
-                            teachers_per_batch)
+from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, compiles, fast_settings, normalise, once,
+                            recover_tasks, teachers_per_batch)
 from dfmeta.runs import atomic_write
 
 
@@ -154,10 +154,11 @@ class Trainer(MetaTrainer):
 
     def setup(self) -> None:
         cfg = self.cfg
-        amp, graph, batching = fast_settings(self.recovery_config(), self.device)
+        rcfg = self.recovery_config()
+        amp, graph, batching = fast_settings(rcfg, self.device)
         ahead = self.epochs_per_recovery()
         graphed = self.device.type == "cuda" and cfg.replay_graph
-        compiled = ", compiled" if cfg.rec_compile == "on" and batching == "grouped" else ""
+        compiled = ", compiled" if compiles(rcfg, self.device) and batching == "grouped" else ""
         print(f"  speed: recovery in {'bf16' if amp else 'float32'}, {batching} batching{compiled}, "
               f"{'CUDA-graph' if graph else 'eager'} steps, {ahead} epoch(s) per recovery; replay "
               f"{'CUDA-graph' if graphed else 'eager'}", flush=True)
@@ -203,7 +204,7 @@ class Trainer(MetaTrainer):
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
-        rcfg = self.recovery_config()
+        rcfg = once(self.recovery_config())
         chunk = teachers_per_batch(rcfg, self.image_size, self.device, self.n_way)
         for lo in range(0, len(idx), chunk):
             tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], rcfg, self.device,

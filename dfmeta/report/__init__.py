@@ -28,14 +28,20 @@ def default_plot_dir(out: str) -> Path | None:
     return Path(out).with_name(Path(out).stem + "_plots") if out else None
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in the plural where n is not 1 ("1 finished run", "2 finished runs")."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def build_report(paths: Sequence[str], out: str = "", plots: str = "") -> str:
     """The markdown report of the runs under ``paths``; writes it to ``out`` (if given) and the plots to ``plots``
     (default: beside ``out``). Returns the markdown."""
     found = collect(paths)
     folder = Path(plots) if plots else default_plot_dir(out)
     sink = PlotSink(folder, Path(out).resolve().parent if out else Path.cwd())
-    lines = ["# dfmeta report", "", f"From {', '.join(f'`{p}`' for p in paths)}: {len(found.runs)} finished runs, "
-             f"{len(found.analyses)} analysis runs, {len(found.unfinished)} unfinished.", "", LEGEND, ""]
+    counts = (f"{_count(len(found.runs), 'finished run')}, {_count(len(found.analyses), 'analysis run')}, "
+              f"{len(found.unfinished)} unfinished")
+    lines = ["# dfmeta report", "", f"From {', '.join(f'`{p}`' for p in paths)}: {counts}.", "", LEGEND, ""]
     if folder is not None and not sink.enabled:
         print(MISSING, file=sys.stderr)
         lines += [f"> {MISSING}.", ""]

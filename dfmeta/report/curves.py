@@ -30,11 +30,15 @@ def _at(curve: list[tuple[int, float]], epoch: int | None) -> str:
     return str(epoch) if acc is None else f"{epoch} ({acc:.2f})"
 
 
+def _switches(run: Run) -> str:
+    """`` [k=v, ...]``: the ablation switches the run set away from the paper's defaults ('' if none)."""
+    switched = {k: v for k, v in run.ablation().items() if k in run.deviations()}
+    return f" [{', '.join(f'{k}={short(v)}' for k, v in sorted(switched.items()))}]" if switched else ""
+
+
 def method_label(run: Run) -> str:
     """The method's name and the ablation switches the run set away from the paper's defaults."""
-    switched = {k: v for k, v in run.ablation().items() if k in run.deviations()}
-    return method_name(run.method) + (f" [{', '.join(f'{k}={short(v)}' for k, v in sorted(switched.items()))}]"
-                                      if switched else "")
+    return method_name(run.method) + _switches(run)
 
 
 def _zoo(run: Run) -> str:
@@ -58,7 +62,7 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
               "last: epoch (acc)"]
     lines = ["## Meta-validation", "", "Meta-val accuracy (%) over training: the model is selected on it, meta-test is "
              "touched once for the selected model.", "", *md_table(header, rows), ""]
-    series = {name: c for name, (_, c) in curves.items()}
-    selected = {name: r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
+    series = {name + _switches(r): c for name, (r, c) in curves.items()}  # the legend names the run and its switches
+    selected = {name + _switches(r): r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
     return lines + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
                             lambda p: val_curves_png(series, selected, p))
