@@ -20,7 +20,8 @@ Fast paths (:func:`fast_settings`; the CUDA defaults, measured in docs/results/h
 the generator and teacher passes; ``grouped`` batching (:mod:`dfmeta.nets.grouped`: the stacked generators and Conv4
 teachers as one network of grouped convolutions, what vmap computes without its reshuffling); each step replayed as a
 captured CUDA graph (:class:`dfmeta.cuda_graph.Graphed`); the grouped forward pass compiled with ``torch.compile``
-(:func:`compiles`, measured in docs/results/h200-2026-12-04.md; not for the one-off grouping recovery, :func:`once`).
+(:func:`compiles`, measured in docs/results/h200-2026-12-04.md; not for a one-off recovery, :func:`once`, such as
+`dfmeta group`'s).
 The CPU default is the plain float32 vmap path, and each fast path is tested against it.
 """
 
@@ -77,7 +78,8 @@ class RecoveryConfig:
     compile: Literal["auto", "off", "on"] = "auto"
     """Compile the grouped batching's forward pass (generator, augmentation, Conv4 teacher, loss) with
     ``torch.compile``, fusing its elementwise and reduction kernels: on, off, auto (on CUDA, off elsewhere and for a
-    recovery run once, see :func:`once`). Compiling costs about 20 s per teacher count and saves about a third of a
+    recovery run once, see :func:`once`; a TGR run's grouping recovers in its epochs' padded batch size instead, so
+    that one compilation serves both). Compiling costs about 20 s per teacher count and saves about a third of a
     recovery on an H200 (docs/results/h200-2026-12-04.md). Applies only where the grouped batching runs; a failed
     compilation falls back to the eager pass."""
 
@@ -257,12 +259,15 @@ def _group_key(t: Teacher) -> tuple:
 
 def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
                   seed: int | Sequence[int], chunk: int = 0, on_step: Callable[[int], None] | None = None,
-                  extra: ExtraLoss | None = None) -> list[RecoveredTask]:
+                  extra: ExtraLoss | None = None, pad: bool = False) -> list[RecoveredTask]:
     """Recover one task for each ``teachers[i]``, ``i`` in ``indices`` (results in that order).
 
     ``seed``: one seed for all, or one per index (the same teacher may then appear twice, e.g. the tasks of several
     epochs recovered together). Same-architecture teachers are recovered together in batches of at most ``chunk``
-    (0: all at once); ``on_step(k)`` is called after each batched step with ``k`` the number of teachers in that batch.
+    (0: all at once); ``pad``: a smaller batch is filled up to ``chunk`` by repeating its own teachers, whose extra
+    tasks are dropped, so that every batch has one shape (one compilation, :func:`compiles`; a teacher's task does
+    not depend on its batch). ``on_step(k)`` is called after each batched step with ``k`` the number of teachers in
+    that batch (padding included).
     ``extra(part, logits, x)``: a further loss per teacher, added to L_G (and to the best-batch choice), from the
     teacher indices ``part`` of the batch, their logits ``[k, n, N]`` and normalised (augmented) inputs
     ``[k, n, C, H, W]``; returns ``[k]`` (e.g. BiDf-MKD's boundary term).
@@ -282,9 +287,10 @@ def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConf
         step = chunk if chunk > 0 else len(members)
         for lo in range(0, len(members), step):
             part = members[lo:lo + step]
-            tasks = _recover_batch([teachers[indices[p]] for p in part], [indices[p] for p in part],
-                                   [seeds[p] for p in part], cfg, device, on_step, extra)
-            done.update(zip(part, tasks))
+            batch = part + [part[j % len(part)] for j in range(step - len(part) if pad else 0)]
+            tasks = _recover_batch([teachers[indices[p]] for p in batch], [indices[p] for p in batch],
+                                   [seeds[p] for p in batch], cfg, device, on_step, extra)
+            done.update(zip(part, tasks))  # padding's tasks dropped
     return [done[p] for p in range(len(indices))]
 
 
@@ -370,7 +376,7 @@ def compiles(cfg: RecoveryConfig, device: torch.device) -> bool:
 
 
 def once(cfg: RecoveryConfig) -> RecoveryConfig:
-    """``cfg`` for a recovery run once (the grouping's): compile auto becomes off, since one compilation per teacher
+    """``cfg`` for a recovery run once (`dfmeta group`'s): compile auto becomes off, since one compilation per teacher
     count (about 20 s on an H200) costs more than it saves over a single recovery."""
     return replace(cfg, compile="off") if cfg.compile == "auto" else cfg
 

@@ -59,6 +59,19 @@ def test_chunks_and_seeds(teachers):
     assert not torch.allclose(other.images, full[0].images)
 
 
+def test_padded_batches_equal_unpadded():
+    """pad fills the last batch up to chunk with repeats (one shape for a compiled step); their tasks are dropped."""
+    same = [random_teacher(0), random_teacher(3), random_teacher(4)]
+    sizes = {True: [], False: []}
+    out = {p: recover_tasks(same, [2, 0, 1], TINY, CPU, seed=1, chunk=2, pad=p, on_step=sizes[p].append)
+           for p in (True, False)}
+    assert set(sizes[True]) == {2} and set(sizes[False]) == {1, 2}
+    assert [t.teacher for t in out[True]] == [2, 0, 1]
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=1e-4)
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
 def test_recovery_lowers_ce_and_bn_term():
     t = random_teacher(5)  # bn_weight 0.1: for a random teacher the BN term would otherwise swamp the CE
     cfg = RecoveryConfig(steps=30, lr=0.05, per_class=8, nz=16, nf=8, bn_weight=0.1)

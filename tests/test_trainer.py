@@ -331,18 +331,23 @@ def test_small_groups_fewer_needs_w(zoo, tmp_path):
                    groups_from=str(grun)))
 
 
-def test_grouping_recovers_without_compiling_under_auto(zoo, tmp_path, monkeypatch):
-    """The grouping's one-off recovery runs with compile off under auto (a compilation per teacher count costs more
-    than one recovery saves), the epochs' recovery keeps auto (compiled on CUDA)."""
+def test_grouping_recovers_in_the_epochs_padded_batches_when_compiling(zoo, tmp_path, monkeypatch):
+    """Where the recovery compiles (CUDA under auto, faked here), the grouping recovers in the epochs' batch size
+    (m x prefetch), its last batch padded, with compile kept: the epochs' one compilation serves it. Elsewhere it
+    recovers in :func:`teachers_per_batch` chunks, unpadded."""
     import dfmeta.meta.trainer as trainer_module
-    seen = []
+    recover, seen = trainer_module.recover_tasks, []
 
-    def spy(teachers, indices, cfg, *a, **kw):
-        seen.append(cfg.compile)
-        return recover(teachers, indices, cfg, *a, **kw)
-    recover = trainer_module.recover_tasks
+    def spy(teachers, indices, cfg, *a, chunk=0, pad=False, **kw):
+        seen.append((len(indices), cfg.compile, chunk, pad))
+        return recover(teachers, indices, cfg, *a, chunk=chunk, pad=pad, **kw)
     monkeypatch.setattr(trainer_module, "recover_tasks", spy)
-    train(tiny(zoo, tmp_path, epochs=2, groups=2))
-    groups = json.loads((run_dir(tmp_path) / "groups.json").read_text())
-    n_grouping = len(seen) - 2  # one recovery per epoch after the grouping
-    assert groups and n_grouping >= 1 and seen[:n_grouping] == ["off"] * n_grouping and seen[n_grouping:] == ["auto"] * 2
+    train(tiny(zoo, tmp_path / "cpu", epochs=1, groups=2))
+    n_zoo = len(json.loads((run_dir(tmp_path / "cpu") / "groups.json").read_text())["labels"])
+    assert seen[:-1] == [(n_zoo, "auto", 8, False)]  # 8: teachers_per_batch on the CPU, more than the zoo
+    seen.clear()
+    monkeypatch.setattr(trainer_module, "compiles", lambda cfg, device: True)
+    train(tiny(zoo, tmp_path / "compiled", epochs=1, groups=2, rec_prefetch=2, rec_batching="grouped"))
+    chunk = 2 * 2  # m x prefetch
+    assert seen[:-1] == [(min(chunk, n_zoo - lo), "auto", chunk, True) for lo in range(0, n_zoo, chunk)]
+    assert n_zoo % chunk  # the last batch is padded

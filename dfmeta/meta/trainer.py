@@ -28,7 +28,7 @@ from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.nets import ARCHITECTURES
-from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, compiles, fast_settings, normalise, once,
+from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, compiles, fast_settings, normalise,
                             recover_tasks, teachers_per_batch)
 from dfmeta.runs import atomic_write
 
@@ -204,11 +204,16 @@ class Trainer(MetaTrainer):
         t0 = time.perf_counter()
         tasks = []
         idx = list(range(len(self.zoo)))
-        rcfg = once(self.recovery_config())
-        chunk = teachers_per_batch(rcfg, self.image_size, self.device, self.n_way)
+        rcfg = self.recovery_config()
+        pad = (compiles(rcfg, self.device) and fast_settings(rcfg, self.device)[2] == "grouped"
+               and all(t.arch == "conv4" for t in self.zoo.teachers))
+        if pad:  # in the epochs' batch size, the last batch padded: the epochs' one compilation serves the grouping
+            chunk = cfg.teachers_per_epoch * self.epochs_per_recovery()
+        else:
+            chunk = teachers_per_batch(rcfg, self.image_size, self.device, self.n_way)
         for lo in range(0, len(idx), chunk):
             tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], rcfg, self.device,
-                                   epoch_seed(cfg.seed, 0, 7))
+                                   epoch_seed(cfg.seed, 0, 7), chunk=chunk, pad=pad)
             print(f"  grouping: recovered tasks {min(lo + chunk, len(idx))}/{len(idx)}", flush=True)
         labels, W, info = group_teachers(self.zoo, tasks, gcfg, self.device)
         labels = np.asarray(labels, np.int64)
