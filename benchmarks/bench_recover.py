@@ -3,7 +3,8 @@ speed variant, against the plain float32 reference; then the tasks of several ep
 one teacher at a time and the Fisher embedding of the recovered tasks (grouping probe).
 
     python benchmarks/bench_recover.py [--device cuda] [--teachers 4] [--steps 200] [--variants all]
-                                       [--prefetch 1 4 8 16] [--json best.json] [--one-by-one] [--fisher conv4]
+                                       [--prefetch 1 4 8 16] [--json best.json] [--one-by-one] [--draws 32]
+                                       [--fisher conv4]
 
 Variants: precision (fp32 / bf16 autocast) x step execution (eager / CUDA graph) x teacher batching (vmap / loop /
 grouped, the last also in channels_last memory order, or compiled with torch.compile); CUDA-graph variants need
@@ -26,7 +27,8 @@ import torch
 from dfmeta.grouping import GroupingConfig, fisher_embeddings, load_probe
 from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build
-from dfmeta.recover import RecoveryConfig, recover_tasks
+from dfmeta.nets.generator import Generator
+from dfmeta.recover import RecoveryConfig, initial_draws, recover_tasks, teacher_rng
 from dfmeta.zoo.format import Teacher
 
 VARIANTS = {  # name: (amp, graph, batching, channels_last[, compile])
@@ -112,6 +114,9 @@ def main() -> None:
     ap.add_argument("--json", default="", help="write the fastest variant and prefetch here")
     ap.add_argument("--one-by-one", action="store_true", help="also time the teachers one after another")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--draws", type=int, nargs="*", default=[],
+                    help="time the up-front random draws (host side, before the steps) of batches of these many "
+                    "teachers, on one thread and on all")
     ap.add_argument("--fisher", nargs="*", default=[], help="probe architectures to time (random weights)")
     ap.add_argument("--profile", type=int, default=0, help="profile this many steps of the fastest variant and print "
                     "the operators taking the most device (or CPU) time")
@@ -189,6 +194,18 @@ def main() -> None:
         sec, _ = timed(lambda: [recover_tasks(teachers, [i], cfg, dev, 0) for i in idx], dev)
         print(f"\none at a time ({fastest}): {sec:.2f} s for {m} teachers; batched is {sec / results[fastest]:.2f}x "
               f"faster")
+    if a.draws:
+        print("\n## Up-front random draws of a batch (generator init, codes, crops and flips; host side)\n")
+        print("| teachers | threads | seconds |")
+        print("|---|---|---|")
+        threads = torch.get_num_threads()
+        for k in a.draws:
+            for th in sorted({1, threads}):
+                torch.set_num_threads(th)
+                gen = Generator(a.size, 3, cfg.nz, cfg.nf)
+                sec, _ = timed(lambda: initial_draws(gen, [teacher_rng(0, i) for i in range(k)], n, cfg, dev), dev)
+                print(f"| {k} | {th} | {sec:.3f} |", flush=True)
+        torch.set_num_threads(threads)
     for arch in a.fisher:
         tasks = recover_tasks(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": 2}), dev, 0)
         probe, _ = load_probe(GroupingConfig(fallback_probe=arch), dev, a.size)

@@ -36,14 +36,14 @@ mkdir -p "$OUT" "$RUNS"
 export PYTHONUNBUFFERED=1 DFMETA_DATA=${DFMETA_DATA:-.carry/data} DFMETA_CACHE=/tmp/dfmeta-cache PYTHONPATH=$PWD
 exec > >(tee "$OUT/log.txt") 2>&1
 if [ "${DRY:-0}" = 1 ]; then
-  BENCH=(--steps 3 --per-class 4 --nf 16 --prefetch 1 2)
+  BENCH=(--steps 3 --per-class 4 --nf 16 --prefetch 1 2 --draws 2)
   ZOO=(--teachers 2 --epochs 1 --max-sequential 1)
   TRAIN=(--rec-steps 2 --rec-per-class 2 --replay-queries 1 --rec-nf 8 --val-every 2 --val-episodes 5 --episodes 5 --zoo-size 12
          --meta-batch 2 --replay-max-batches 1 --fisher-samples 4)
   MARGIN=${MARGIN:-30}
   PROBE=(--steps 2 --nf 8 --per-class 2)
 else
-  BENCH=(--prefetch ${PREFETCH:-1 4 8 16} --profile ${PROFILE:-20})
+  BENCH=(--prefetch ${PREFETCH:-1 4 8 16} --profile ${PROFILE:-20} --draws 32)
   ZOO=(--teachers 8 32 100 --epochs 2)
   TRAIN=()
   MARGIN=${MARGIN:-130}

@@ -14,7 +14,8 @@ Adam is elementwise, so one Adam over the stacked tensors is exactly per-teacher
 computed by forward pre-hooks on the teacher's BatchNorm layers (:class:`BNStatLoss`): under ``functional_call`` a
 layer's ``running_mean`` is the tensor passed in, so inside ``vmap`` each teacher is compared with its own
 statistics. Every random draw of a teacher (generator init, Z, augmentation) comes from its own ``torch.Generator``
-seeded by ``(seed, teacher index)``: recovering a teacher alone or together with others gives the same task.
+seeded by ``(seed, teacher index)``: recovering a teacher alone or together with others gives the same task. They are
+drawn up front on the CPU, teachers in parallel threads (:func:`initial_draws`).
 
 Fast paths (:func:`fast_settings`; the CUDA defaults, measured in docs/results/h100-2026-11-27.md): bf16 autocast of
 the generator and teacher passes; ``grouped`` batching (:mod:`dfmeta.nets.grouped`: the stacked generators and Conv4
@@ -28,6 +29,7 @@ The CPU default is the plain float32 vmap path, and each fast path is tested aga
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Literal, Sequence
@@ -40,7 +42,7 @@ from torch.func import functional_call, vmap
 
 from dfmeta.cuda_graph import Graphed
 from dfmeta.errors import DfmetaError
-from dfmeta.nets import grouped, params_of, stack_params
+from dfmeta.nets import grouped, stack_params
 from dfmeta.nets.generator import Generator
 from dfmeta.zoo.format import Teacher
 
@@ -381,6 +383,44 @@ def once(cfg: RecoveryConfig) -> RecoveryConfig:
     return replace(cfg, compile="off") if cfg.compile == "auto" else cfg
 
 
+def initial_draws(gen: Generator, rngs: list[torch.Generator], n: int, cfg: RecoveryConfig,
+                  device: torch.device) -> tuple[dict[str, Tensor], Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """Every random draw of a batch's recovery, made up front on the CPU (the same numbers on every device; no
+    per-step copy or sync): for each teacher, from its own stream in this order, its generator's initialisation
+    (:meth:`Generator.reset_parameters`), its codes Z [n, nz] and, with augmentation, every step's crop offsets and
+    flips. Returns the stacked generator parameters and Z (leaves requiring grad) and the draws (dy, dx, flip)
+    [steps, k * n] (steps 0 without augmentation), all on ``device``. Teachers are drawn in parallel threads
+    (``torch.get_num_threads()``; the streams are independent, so the numbers do not depend on it), straight into
+    the stacked buffers, pinned for the copy on CUDA (about 300 MB of CPU work per 32 teachers at nf 64)."""
+    k, device = len(rngs), torch.device(device)
+    pin = device.type == "cuda"
+    gp = {name: torch.empty(k, *p.shape, pin_memory=pin) for name, p in gen.named_parameters()}
+    z = torch.empty(k, n, cfg.nz, pin_memory=pin)
+    steps = cfg.steps if cfg.augment else 0
+    dys, dxs = (torch.empty(steps, k * n, dtype=torch.long, pin_memory=pin) for _ in range(2))
+    flips = torch.empty(steps, k * n, dtype=torch.bool, pin_memory=pin)
+
+    def draw(j: int) -> None:
+        r, cols = rngs[j], slice(j * n, (j + 1) * n)
+        gen.reset_parameters(r, {name: v[j] for name, v in gp.items()})
+        torch.randn(n, cfg.nz, generator=r, out=z[j])
+        for s in range(steps):
+            torch.randint(0, 2 * PAD + 1, (n,), generator=r, out=dys[s, cols])
+            torch.randint(0, 2 * PAD + 1, (n,), generator=r, out=dxs[s, cols])
+            flips[s, cols] = torch.rand(n, generator=r) < 0.5
+
+    threads = max(1, min(k, torch.get_num_threads()))
+    if threads == 1:
+        for j in range(k):
+            draw(j)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(draw, range(k)))
+    gp = {name: v.to(device, non_blocking=pin).requires_grad_() for name, v in gp.items()}
+    return gp, z.to(device, non_blocking=pin).requires_grad_(), tuple(t.to(device, non_blocking=pin)
+                                                                      for t in (dys, dxs, flips))
+
+
 def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int], cfg: RecoveryConfig,
                    device: torch.device, on_step: Callable[[int], None] | None,
                    extra: ExtraLoss | None = None) -> list[RecoveredTask]:
@@ -404,13 +444,8 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
     std = torch.tensor([t.std for t in teachers], device=device).view(k, 1, chans, 1, 1)
     y = torch.arange(n_cls, device=device).repeat_interleave(cfg.per_class)
 
-    gparams = []
-    for r in rngs:  # initialised on the CPU from each teacher's stream: the same on every device
-        gen.reset_parameters(r)
-        gparams.append(params_of(gen))
+    gp, z, (dys, dxs, flips) = initial_draws(gen, rngs, n, cfg, device)
     gen = gen.to(device)
-    gp = {kk: v.to(device).requires_grad_() for kk, v in stack_params(gparams).items()}
-    z = torch.stack([torch.randn(n, cfg.nz, generator=r) for r in rngs]).to(device).requires_grad_()
     leaves = [*gp.values(), z]
     for p in leaves:
         p.grad = torch.zeros_like(p)
@@ -419,12 +454,6 @@ def _recover_batch(teachers: list[Teacher], indices: list[int], seeds: list[int]
 
     best_loss = torch.full((k,), math.inf, device=device)
     best = torch.zeros(k, n, chans, size, size, device=device)
-    if cfg.augment:  # every step's crops and flips drawn up front (same order): one copy, no per-step sync
-        draws = [[(torch.randint(0, 2 * PAD + 1, (n,), generator=r),
-                   torch.randint(0, 2 * PAD + 1, (n,), generator=r),
-                   torch.rand(n, generator=r) < 0.5) for r in rngs] for _ in range(cfg.steps)]
-        dys, dxs, flips = (torch.stack([torch.cat(d) for d in per]).to(device)
-                           for per in zip(*[list(zip(*step)) for step in draws]))
     grouped_ok = batching == "grouped" and extra is None
     cl = cfg.channels_last == "on"
     if grouped_ok:

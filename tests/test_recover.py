@@ -8,8 +8,8 @@ import torch
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import build
 from dfmeta.nets.generator import Generator
-from dfmeta.recover import (BNStatLoss, RecoveryConfig, augment, compiles, once, recover_tasks, recovery_loss,
-                            teachers_per_batch)
+from dfmeta.recover import (PAD, BNStatLoss, RecoveryConfig, augment, compiles, initial_draws, once, recover_tasks,
+                            recovery_loss, teacher_rng, teachers_per_batch)
 from dfmeta.zoo.format import Teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -70,6 +70,40 @@ def test_padded_batches_equal_unpadded():
     for a, b in zip(out[True], out[False]):
         torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=1e-4)
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
+
+
+def test_initial_draws_are_each_teachers_stream_whatever_the_threads():
+    """The up-front draws are, per teacher and in order, its generator init, Z and each step's crops and flips from
+    its own stream: the same numbers drawn one teacher after another or in parallel threads."""
+    cfg, n, k = RecoveryConfig(steps=3, per_class=2, nz=8, nf=4), 10, 3
+    gen = Generator(16, 3, cfg.nz, cfg.nf)
+    ref = {"z": [], "dy": [], "dx": [], "flip": []}
+    params = []
+    for i in range(k):
+        r = teacher_rng(5, i)
+        gen.reset_parameters(r)
+        params.append({name: p.detach().clone() for name, p in gen.named_parameters()})
+        ref["z"].append(torch.randn(n, cfg.nz, generator=r))
+        for key in ("dy", "dx", "flip"):
+            ref[key].append([])
+        for _ in range(cfg.steps):
+            ref["dy"][i].append(torch.randint(0, 2 * PAD + 1, (n,), generator=r))
+            ref["dx"][i].append(torch.randint(0, 2 * PAD + 1, (n,), generator=r))
+            ref["flip"][i].append(torch.rand(n, generator=r) < 0.5)
+    threads = torch.get_num_threads()
+    try:
+        for th in (1, 3):
+            torch.set_num_threads(th)
+            gp, z, (dy, dx, flip) = initial_draws(Generator(16, 3, cfg.nz, cfg.nf),
+                                                  [teacher_rng(5, i) for i in range(k)], n, cfg, CPU)
+            assert z.requires_grad and all(v.requires_grad for v in gp.values())
+            for i in range(k):
+                assert all(torch.equal(gp[name][i], v) for name, v in params[i].items())
+                assert torch.equal(z[i].detach(), ref["z"][i])
+                for got, key in ((dy, "dy"), (dx, "dx"), (flip, "flip")):
+                    assert torch.equal(got[:, i * n:(i + 1) * n], torch.stack(ref[key][i]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_recovery_lowers_ce_and_bn_term():

@@ -42,15 +42,16 @@ class Generator(nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self, rng: torch.Generator | None = None) -> None:
-        """Re-initialise in place (``rng`` makes it reproducible)."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                m.weight.normal_(0.0, 0.02, generator=rng)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.normal_(1.0, 0.02, generator=rng)
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)) and m.bias is not None:
-                m.bias.zero_()
+    def reset_parameters(self, rng: torch.Generator | None = None, out: dict[str, torch.Tensor] | None = None) -> None:
+        """Re-initialise in place (``rng`` makes it reproducible); ``out``: fill these tensors, named and shaped as
+        :meth:`named_parameters`, instead of the module's own (the same numbers)."""
+        params = out if out is not None else dict(self.named_parameters())
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
+                pre = f"{name}." if name else ""
+                params[pre + "weight"].normal_(1.0 if isinstance(m, nn.BatchNorm2d) else 0.0, 0.02, generator=rng)
+                if m.bias is not None:
+                    params[pre + "bias"].zero_()
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.fc(z).view(z.shape[0], 2 * self.nf, self.init_size, self.init_size)
