@@ -99,6 +99,24 @@ def profile(teachers: list[Teacher], idx: list[int], cfg: RecoveryConfig, dev: t
     print(p.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
 
 
+def time_draws(counts: list[int], cfg: RecoveryConfig, size: int, n: int, dev: torch.device) -> None:
+    """Times :func:`initial_draws` (a batch's up-front random draws, host side) for ``counts`` teachers, on one
+    thread and on all (after one untimed call)."""
+    print("\n## Up-front random draws of a batch (generator init, codes, crops and flips; host side)\n")
+    print("| teachers | threads | seconds |")
+    print("|---|---|---|")
+    threads = torch.get_num_threads()
+    for k in counts:
+        for th in sorted({1, threads}):
+            torch.set_num_threads(th)
+            gen = Generator(size, 3, cfg.nz, cfg.nf)
+            draw = lambda: initial_draws(gen, [teacher_rng(0, i) for i in range(k)], n, cfg, dev)  # noqa: E731
+            draw()  # warm-up: the first call also faults its memory in
+            sec, _ = timed(draw, dev)
+            print(f"| {k} | {th} | {sec:.3f} |", flush=True)
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,6 +151,8 @@ def main() -> None:
     n = 5 * a.per_class
     print(f"device: {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, image size {a.size}, nf {a.nf}, {malloc}")
+    if a.draws:
+        time_draws(a.draws, base, a.size, n, dev)
     print(f"\n## One epoch's recovery: {m} teachers x {n} images, {a.steps} steps\n")
     print("| variant | seconds | ms/step | ms/teacher-step | loss gap | max pixel gap |")
     print("|---|---|---|---|---|---|")
@@ -194,18 +214,6 @@ def main() -> None:
         sec, _ = timed(lambda: [recover_tasks(teachers, [i], cfg, dev, 0) for i in idx], dev)
         print(f"\none at a time ({fastest}): {sec:.2f} s for {m} teachers; batched is {sec / results[fastest]:.2f}x "
               f"faster")
-    if a.draws:
-        print("\n## Up-front random draws of a batch (generator init, codes, crops and flips; host side)\n")
-        print("| teachers | threads | seconds |")
-        print("|---|---|---|")
-        threads = torch.get_num_threads()
-        for k in a.draws:
-            for th in sorted({1, threads}):
-                torch.set_num_threads(th)
-                gen = Generator(a.size, 3, cfg.nz, cfg.nf)
-                sec, _ = timed(lambda: initial_draws(gen, [teacher_rng(0, i) for i in range(k)], n, cfg, dev), dev)
-                print(f"| {k} | {th} | {sec:.3f} |", flush=True)
-        torch.set_num_threads(threads)
     for arch in a.fisher:
         tasks = recover_tasks(teachers, idx, RecoveryConfig(**{**cfg.__dict__, "steps": 2}), dev, 0)
         probe, _ = load_probe(GroupingConfig(fallback_probe=arch), dev, a.size)
