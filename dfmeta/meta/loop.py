@@ -335,12 +335,11 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
         run = RunDir.new(cfg.out_dir, cfg.dataset, name or trainer_cls.method, cfg.seed, cfg)
     print(f"run directory: {run.path}", flush=True)
     try:
-        trainer = trainer_cls(cfg, run)
+        return trainer_cls(cfg, run).fit()
     except DfmetaError:
         if not cfg.resume and [f.name for f in run.path.iterdir()] == ["config.json"]:
             shutil.rmtree(run.path)  # bad input caught before any work: leave no empty run directory behind
         raise
-    return trainer.fit()
 
 
 __all__ = ["MetaLoopConfig", "MetaTrainConfig", "MetaTrainer", "epoch_seed", "run_training"]
