@@ -59,11 +59,12 @@ def test_chunks_and_seeds(teachers):
     assert not torch.allclose(other.images, full[0].images)
 
 
-def test_padded_batches_equal_unpadded():
+@pytest.mark.parametrize("batching", ["vmap", "grouped"])
+def test_padded_batches_equal_unpadded(batching):
     """pad fills the last batch up to chunk with repeats (one shape for a compiled step); their tasks are dropped."""
     same = [random_teacher(0), random_teacher(3), random_teacher(4)]
-    sizes = {True: [], False: []}
-    out = {p: recover_tasks(same, [2, 0, 1], TINY, CPU, seed=1, chunk=2, pad=p, on_step=sizes[p].append)
+    sizes, cfg = {True: [], False: []}, RecoveryConfig(**{**TINY.__dict__, "batching": batching})
+    out = {p: recover_tasks(same, [2, 0, 1], cfg, CPU, seed=1, chunk=2, pad=p, on_step=sizes[p].append)
            for p in (True, False)}
     assert set(sizes[True]) == {2} and set(sizes[False]) == {1, 2}
     assert [t.teacher for t in out[True]] == [2, 0, 1]
