@@ -5,7 +5,8 @@
 Prints a table: mean and median seconds per epoch of each stage the method logs (TGR: t_recover, t_igr, t_replay;
 the baselines their own t_* fields; recovery of several epochs together counts once, so the mean is the per-epoch
 cost), validation seconds per validation, and the time a run of ``--epochs`` epochs would take at these rates
-(validation every val_every epochs, from config.json).
+(validation every val_every epochs, from config.json). With TGR's ``rec_overlap`` the recovery stage is the time
+an epoch waited for the background worker; the worker's own seconds (``bg_recover``) are printed below the table.
 ``--wall``: the measured wall time of the whole command, printed beside the sum of the stages.
 """
 
@@ -42,6 +43,10 @@ def main() -> None:
         total += statistics.fmean(xs)
         print(f"| {k[2:]} | {statistics.fmean(xs):.3f} | {statistics.median(xs):.3f} |")
     print(f"| **epoch (sum)** | **{total:.3f}** | |")
+    bg = [r["bg_recover"] for r in epochs if "bg_recover" in r]
+    if bg:
+        print(f"| (background recovery: {len(bg)} batches, seconds per epoch off the training path) | "
+              f"{sum(bg) / len(epochs):.3f} | |")
     val = statistics.fmean(vals) if vals else 0.0
     if vals:
         print(f"| validation (per validation, {len(vals)} done) | {val:.3f} | {statistics.median(vals):.3f} |")

@@ -5,7 +5,9 @@
 #     dfmeta data prepare --dataset cifar-fs --splits val --max-per-class 200 --out .carry/data
 #     python -c "from dfmeta.zoo.authors import import_authors_zoo as f; f('../shared/zoos/cifar-fs-conv4', '.carry/zoo')"
 #   then: bash benchmarks/gpu_fast_tgr.sh BUDGET_SECONDS   (the whole script; default 540)
-#   STEPS="1 2 2b 3 4" picks steps (5: the Fisher-probe study at paper-size recovery, not in the default); VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS);
+#   STEPS="1 2 2b 3 4" picks steps (5: the Fisher-probe study at paper-size recovery, 6: TGR with and without the
+#   background recovery, bench_overlap.sh, OV_EPOCHS epochs each, default 32 (4 batches of 8), extra train flags in OV_FLAGS;
+#   neither in the default); VARIANTS="name|name" limits step 2's variants (bench_recover.py VARIANTS);
 #   TRAIN_FLAGS="--rec-compile on ..." adds `dfmeta train` options to a new run of step 4.
 #   RESUME=path/to/run_dir (carried) continues that run in step 4 instead of starting one. The run directory comes
 #   back whole, checkpoint included, as $OUT/tgr_run.tar.gz.part-aa, -ab, ... (15 MiB pieces, the size limit of a
@@ -42,12 +44,16 @@ if [ "${DRY:-0}" = 1 ]; then
          --meta-batch 2 --replay-max-batches 1 --fisher-samples 4)
   MARGIN=${MARGIN:-30}
   PROBE=(--steps 2 --nf 8 --per-class 2)
+  OV_EPOCHS=3
+  OV_FLAGS="--grouping off --rec-steps 2 --rec-per-class 2 --replay-queries 1 --rec-nf 8 --val-episodes 5 --zoo-size 12 --meta-batch 2 --replay-max-batches 1 --rec-prefetch 1"
 else
   BENCH=(--prefetch ${PREFETCH:-1 4 8 16} --profile ${PROFILE:-20} --draws 32)
   ZOO=(--teachers 8 32 100 --epochs 2)
   TRAIN=()
   MARGIN=${MARGIN:-130}
   PROBE=(--steps 200 --nf 64 --per-class 30)
+  OV_EPOCHS=${OV_EPOCHS:-32}
+  OV_FLAGS="--grouping off --val-episodes 600 ${OV_FLAGS:-}"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
@@ -55,7 +61,7 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 if want 1; then
 echo "== 1. fast paths against the plain reference path on this device ($(left) s left)"
 timeout ${STEP1_TIMEOUT:-150} python -m pytest -q -p no:cacheprovider tests/test_recover.py tests/test_cuda_graph.py \
-  -k "cuda or bf16 or batching or prefetch or upsample or compile" || echo "!! step 1 failed (rc $?)"
+  tests/test_trainer.py -k "cuda or bf16 or batching or prefetch or upsample or compile" || echo "!! step 1 failed (rc $?)"
 fi
 
 if want 2; then
@@ -86,6 +92,11 @@ if want 5; then
 echo "== 5. Fisher probes on paper-size recovered tasks (docs/results/cpu-2026-12-02-probes.md) ($(left) s left)"
 timeout 240 python benchmarks/probe_study.py --zoo .carry/zoo --device "$DEVICE" "${PROBE[@]}" \
   --fisher-labels task probe --probes random:42 random:0 --out "$OUT/probe_study.json" || echo "!! step 5 failed (rc $?)"
+fi
+if want 6; then
+echo "== 6. TGR with and without the background recovery (--rec-overlap), $OV_EPOCHS epochs each ($(left) s left)"
+OUT="$OUT/overlap" FLAGS="$OV_FLAGS" timeout 300 bash benchmarks/bench_overlap.sh "$OV_EPOCHS" "$DEVICE" \
+  | tee "$OUT/bench_overlap.md" || echo "!! step 6 failed"
 fi
 want 4 || { echo "== done in $(($(date +%s) - T0)) s"; exit 0; }
 

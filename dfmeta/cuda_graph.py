@@ -5,7 +5,8 @@ small kernels).
 stream, PyTorch's rule before a capture); the next call captures ``fn`` on fixed input buffers and every call from then
 on copies its inputs into those buffers and replays the graph. Every call is a real step (the warm-up ones too), so a
 graphed loop computes what the eager loop computes. Anything ``fn`` changes in place (parameters, optimizer state)
-must keep its storage, and a replay's outputs are overwritten by the next call. Off the GPU, when disabled, or when a
+must keep its storage, and a replay's outputs are overwritten by the next call. A capture restricts only its own
+thread (``thread_local``): another thread, e.g. TGR's background recovery, may go on synchronising meanwhile. Off the GPU, when disabled, or when a
 capture fails (reported once; the step then runs eagerly) it is a plain call.
 """
 
@@ -46,7 +47,7 @@ class Graphed:
             self.inputs = [x.clone() for x in inputs]
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self.outputs = self.fn(*self.inputs)
             except Exception as e:  # noqa: BLE001 - an uncapturable step still runs, eagerly
                 print(f"warning: CUDA-graph capture of the {self.name} failed ({type(e).__name__}: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def test_resume_after_stop_equals_uninterrupted(zoo, tmp_path):
         assert torch.equal(a[k], b[k]), k
     rows_a = [json.loads(x) for x in (run_dir(tmp_path / "a") / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (run_dir(tmp_path / "b") / "metrics.jsonl").read_text().splitlines()]
-    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(("t_", "bg_"))} for r in rows]  # noqa: E731
     assert strip(rows_a) == strip(rows_b)
 
 
@@ -128,6 +129,57 @@ def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):
                 assert r.get(k) == pytest.approx(w.get(k), rel=1e-4), (r.get("epoch"), k)
         one_query = 100 / (3 * 5 * 15)
         assert res["test"]["1"]["acc"] == pytest.approx(ref["test"]["1"]["acc"], abs=one_query + 1e-3)
+
+
+def test_background_recovery_equals_serial(zoo, tmp_path):
+    """rec_overlap: the next batch of epochs' tasks recovered in a background thread while the current ones train
+    gives the same run bit for bit (one torch thread each); the batches it handed over are logged with the worker's
+    seconds, and no worker outlives the run."""
+    serial = train(tiny(zoo, tmp_path / "a", epochs=5, rec_prefetch=2, rec_overlap="off"))
+    overlapped = train(tiny(zoo, tmp_path / "b", epochs=5, rec_prefetch=2, rec_overlap="on"))
+    assert overlapped == serial
+    a, b = final_state(tmp_path / "a"), final_state(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = lambda d: [json.loads(x) for x in (run_dir(d) / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(("t_", "bg_"))} for r in rs]  # noqa: E731
+    assert strip(rows(tmp_path / "b")) == strip(rows(tmp_path / "a"))
+    assert [r["epoch"] for r in rows(tmp_path / "b") if "bg_recover" in r] == [3, 5]  # batches [1, 2], [3, 4], [5]
+    assert not any("bg_recover" in r for r in rows(tmp_path / "a"))
+    assert not any(t.name == "dfmeta-recover-ahead" for t in threading.enumerate())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_background_recovery_on_cuda(zoo, tmp_path):
+    """rec_overlap on CUDA: the worker recovers on its own stream (capturing its CUDA graphs and compiling while the
+    training thread replays and synchronises) and the run matches the serial one: the same teachers, the losses and
+    meta-val to float tolerance (cuDNN may pick other kernels in another process)."""
+    kw = dict(device="cuda", epochs=6, rec_prefetch=1)
+    serial = train(tiny(zoo, tmp_path / "a", rec_overlap="off", **kw))
+    overlapped = train(tiny(zoo, tmp_path / "b", rec_overlap="on", **kw))
+    rows = lambda d: [json.loads(x) for x in (run_dir(d) / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    want, got = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [r.get("teachers") for r in got] == [r.get("teachers") for r in want]
+    assert any("bg_recover" in r for r in got)
+    for r, w in zip(got, want):
+        for k in ("rec_loss", "loss", "replay_loss", "val_acc"):
+            assert r.get(k) == pytest.approx(w.get(k), rel=1e-3, abs=1e-3), (r.get("epoch"), k)
+    assert overlapped["test"]["1"]["acc"] == pytest.approx(serial["test"]["1"]["acc"], abs=100 / 225 + 1e-3)
+
+
+def test_a_stopped_run_cancels_its_background_recovery(zoo, tmp_path, monkeypatch):
+    """stop_after ends the run while the worker recovers the next epoch: it is stopped, not left running."""
+    import dfmeta.meta.trainer as trainer
+    cancelled = []
+    real = trainer.Ahead.cancel
+
+    def cancel(self):
+        cancelled.append(self.busy)
+        real(self)
+    monkeypatch.setattr(trainer.Ahead, "cancel", cancel)
+    assert train(tiny(zoo, tmp_path, stop_after=1, rec_overlap="on")) == {"stopped_at": 1}
+    assert cancelled == [True]
+    assert not any(t.name == "dfmeta-recover-ahead" for t in threading.enumerate())
 
 
 def test_metrics_and_honest_selection(zoo, tmp_path):

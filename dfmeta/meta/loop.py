@@ -148,6 +148,9 @@ class MetaTrainer:
         """One meta-training epoch; returns the metrics to log (timings as ``t_*`` seconds)."""
         raise NotImplementedError
 
+    def end_training(self) -> None:
+        """Stop background work when meta-training ends (done, stopped, at a time limit or on an error)."""
+
     def extra_state(self) -> dict[str, Any]:
         """Method state beyond the meta-model and its optimizer, for the checkpoint."""
         return {}
@@ -241,6 +244,26 @@ class MetaTrainer:
             print(f"resumed from epoch {self.epoch}", flush=True)
         if self.epoch < cfg.epochs:
             self.setup()
+        try:
+            ended = self.train_epochs()
+        finally:
+            self.end_training()
+        if ended == "time limit":
+            return self.meta_test()
+        if self.epoch < cfg.epochs:
+            if self.epoch % cfg.val_every:
+                self.save_checkpoint()
+            print(f"stopped at epoch {self.epoch}/{cfg.epochs}; continue with: {self.resume_command()}")
+            return {"stopped_at": self.epoch}
+        if cfg.defer_test:
+            print(f"meta-training finished; meta-test it with the test split present: {self.resume_command()}")
+            return {"stopped_at": self.epoch, "meta_test": "deferred"}
+        return self.meta_test()
+
+    def train_epochs(self) -> str:
+        """The epochs up to T, ``stop_after`` or the time limit; returns "time limit" when that ended the run (a
+        deferred test's time limit only stops it), else ""."""
+        cfg = self.cfg
         start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep", dynamic_ncols=True)
@@ -248,15 +271,14 @@ class MetaTrainer:
             if cfg.stop_after and ran >= cfg.stop_after:
                 break
             if cfg.time_limit and ran and time.perf_counter() - t_start > cfg.time_limit:
-                if cfg.defer_test:
-                    bar.close()
-                    print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}")
-                    break
                 bar.close()
+                if cfg.defer_test:
+                    print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}")
+                    return ""
                 print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}: ending the run there")
                 if last_val != self.epoch:
                     self.validate_and_select(self.epoch, {"validated_epoch": self.epoch, "time_limit_end": True})
-                return self.meta_test()
+                return "time limit"
             epoch = self.epoch + 1
             stats = self.train_epoch(epoch)
             self.epoch, ran = epoch, ran + 1
@@ -272,15 +294,7 @@ class MetaTrainer:
                 shown["best_val"] = f"{self.best['acc']:.1f}"
             bar.set_postfix(**shown)
         bar.close()
-        if self.epoch < cfg.epochs:
-            if self.epoch % cfg.val_every:
-                self.save_checkpoint()
-            print(f"stopped at epoch {self.epoch}/{cfg.epochs}; continue with: {self.resume_command()}")
-            return {"stopped_at": self.epoch}
-        if cfg.defer_test:
-            print(f"meta-training finished; meta-test it with the test split present: {self.resume_command()}")
-            return {"stopped_at": self.epoch, "meta_test": "deferred"}
-        return self.meta_test()
+        return ""
 
     def resume_command(self) -> str:
         """The command line that continues this run."""

@@ -26,6 +26,7 @@ import torch
 from dfmeta.config import require
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig
+from dfmeta.meta.ahead import Ahead
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.nets import ARCHITECTURES
 from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, compiles, fast_settings, normalise,
@@ -85,6 +86,11 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     rec_prefetch: int = 0
     """Recover the tasks of this many epochs in one batched computation (the same tasks: an epoch's teachers and
     seeds do not depend on training); 0: auto (8 on CUDA, 1 elsewhere)."""
+    rec_overlap: Literal["auto", "on", "off"] = "auto"
+    """Recover the next epochs' tasks in a background thread while the current ones train (the same tasks; on a CPU
+    the worker takes as many torch threads as the run): on, off, auto (on for a CPU run on one torch thread, e.g.
+    --threads 1, where recovery and training then take a core each; off on CUDA, not yet timed there, and for
+    several CPU threads, where it oversubscribes the cores)."""
     replay: bool = True
     """Cross-task replay with MAML over the memory bank."""
     bank_size: int = 20
@@ -142,6 +148,9 @@ class Trainer(MetaTrainer):
         self.group_W: np.ndarray | None = None  # W of the grouped teachers, when known (for small_groups="fewer")
         self.group_seed = GroupingConfig.seed
         self.prefetched: dict[int, list] = {}  # epoch -> its recovered tasks (see rec_prefetch)
+        self.next_batch = 1  # the first epoch after the batches taken so far
+        self.ahead: Ahead | None = None  # the background recovery of the next batch (rec_overlap)
+        self.bg_recover = 0.0  # seconds the worker took for the batch taken this epoch (logged once)
         self.replay_step = None  # the MAML meta-batch step, graphed on CUDA (made once: fixed parameter tensors)
 
     def check(self) -> None:
@@ -160,7 +169,8 @@ class Trainer(MetaTrainer):
         graphed = self.device.type == "cuda" and cfg.replay_graph
         compiled = ", compiled" if compiles(rcfg, self.device) and batching == "grouped" else ""
         print(f"  speed: recovery in {'bf16' if amp else 'float32'}, {batching} batching{compiled}, "
-              f"{'CUDA-graph' if graph else 'eager'} steps, {ahead} epoch(s) per recovery; replay "
+              f"{'CUDA-graph' if graph else 'eager'} steps, {ahead} epoch(s) per recovery"
+              f"{', the next recovered in the background' if self.overlaps() else ''}; replay "
               f"{'CUDA-graph' if graphed else 'eager'}", flush=True)
         labels = self.group()
         self.groups = self.usable_groups(labels)
@@ -337,21 +347,54 @@ class Trainer(MetaTrainer):
         """rec_prefetch, with 0 meaning 8 on CUDA and 1 elsewhere."""
         return self.cfg.rec_prefetch or (8 if self.device.type == "cuda" else 1)
 
+    def overlaps(self) -> bool:
+        """Whether the next epochs' tasks are recovered in the background (rec_overlap; auto: a one-thread CPU run)."""
+        if self.cfg.rec_overlap != "auto":
+            return self.cfg.rec_overlap == "on"
+        return self.device.type == "cpu" and torch.get_num_threads() == 1
+
+    def batch_from(self, epoch: int) -> list[int]:
+        """The epochs recovered together with ``epoch`` when it is the first of its batch (rec_prefetch)."""
+        return list(range(epoch, min(epoch + self.epochs_per_recovery(), self.cfg.epochs + 1)))
+
+    def recover_epochs(self, epochs: list[int], on_step=None) -> dict[int, list]:
+        """Recover the tasks of ``epochs`` together: each epoch's m teachers, seed ``epoch_seed(seed, epoch, 0)``."""
+        cfg, m = self.cfg, self.cfg.teachers_per_epoch
+        picks = [self.pick_teachers(e) for e in epochs]
+        seeds = [epoch_seed(cfg.seed, e, 0) for e, p in zip(epochs, picks) for _ in p]
+        tasks = recover_tasks(self.zoo.teachers, [i for p in picks for i in p], self.recovery_config(), self.device,
+                              seeds, on_step=on_step)
+        return {e: tasks[j * m:(j + 1) * m] for j, e in enumerate(epochs)}
+
     def epoch_tasks(self, epoch: int) -> list:
-        """The recovered tasks of ``epoch``: its m teachers, seed ``epoch_seed(seed, epoch, 0)``. With rec_prefetch
-        P > 1 the tasks of epochs epoch..epoch+P-1 are recovered together and kept until their epoch comes."""
-        cfg = self.cfg
+        """The recovered tasks of ``epoch``. With rec_prefetch P > 1 the tasks of epochs epoch..epoch+P-1 are
+        recovered together and kept until their epoch comes; with rec_overlap the next such batch is recovered in
+        the background meanwhile."""
         if epoch not in self.prefetched:
-            ahead = self.epochs_per_recovery()
-            epochs = list(range(epoch, min(epoch + ahead, cfg.epochs + 1)))
-            picks = [self.pick_teachers(e) for e in epochs]
-            seeds = [epoch_seed(cfg.seed, e, 0) for e, p in zip(epochs, picks) for _ in p]
-            tasks = recover_tasks(self.zoo.teachers, [i for p in picks for i in p], self.recovery_config(),
-                                  self.device, seeds)
-            self.prefetched, m = {}, cfg.teachers_per_epoch
-            for j, e in enumerate(epochs):
-                self.prefetched[e] = tasks[j * m:(j + 1) * m]
+            epochs = self.batch_from(epoch)
+            got = self.ahead.take(epochs) if self.ahead is not None else None
+            self.bg_recover = self.ahead.work_s if got is not None and self.ahead is not None else 0.0
+            self.prefetched = got if got is not None else self.recover_epochs(epochs)
+            self.next_batch = epochs[-1] + 1
+            self.recover_ahead()
         return self.prefetched.pop(epoch)
+
+    def recover_ahead(self) -> None:
+        """Start recovering the next batch in the background, if rec_overlap and none is pending. On CUDA only once
+        the replay's CUDA graph is captured: the worker's own captures then never meet one of this thread."""
+        if not self.overlaps() or self.next_batch > self.cfg.epochs:
+            return
+        if self.device.type == "cuda" and self.cfg.replay and self.cfg.replay_graph and (
+                self.replay_step is None or self.replay_step.graph is None and self.replay_step.enabled):
+            return
+        if self.ahead is None:
+            self.ahead = Ahead(self.recover_epochs, self.device)
+        if not self.ahead.busy:
+            self.ahead.start(self.batch_from(self.next_batch))
+
+    def end_training(self) -> None:
+        if self.ahead is not None:
+            self.ahead.cancel()
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """Pick m teachers, recover their tasks, take the IGR step, store the tasks, replay."""
@@ -367,7 +410,10 @@ class Trainer(MetaTrainer):
                           tt.class_ids)
         if cfg.replay:
             stats.update(self.replay(epoch))
+            self.recover_ahead()  # on CUDA, the first epoch's replay captures its graph before the worker starts
         t3 = time.perf_counter()
+        if self.bg_recover:  # the batch taken this epoch was recovered in the background, in this many seconds
+            stats["bg_recover"], self.bg_recover = self.bg_recover, 0.0
         return {"teachers": [self.zoo[t.teacher].id for t in tasks],
                 "rec_loss": float(np.mean([x.loss for x in tasks])), **stats,
                 "t_recover": t1 - t0, "t_igr": t2 - t1, "t_replay": t3 - t2}
