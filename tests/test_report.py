@@ -122,8 +122,10 @@ def test_variants_get_their_own_rows(tmp_path) -> None:
 
 
 def test_fast_paths_never_split_rows_but_are_footnoted(tmp_path) -> None:
-    """Runs that differ only in a fast path (the same computation up to rounding) are seeds of one row."""
-    train_run(tmp_path, "gpu", {1: (44.0, 0.6)}, seed=1, rec_amp="bf16", rec_batching="grouped", rec_prefetch=8)
+    """Runs that differ only in a fast path (the same computation up to rounding) are seeds of one row, also where
+    an older record lacks a newer fast path's field (rec_overlap)."""
+    train_run(tmp_path, "gpu", {1: (44.0, 0.6)}, seed=1, rec_amp="bf16", rec_batching="grouped", rec_prefetch=8,
+              rec_overlap="on")
     train_run(tmp_path, "cpu", {1: (42.0, 0.6)}, rec_amp="off", rec_batching="vmap", rec_prefetch=1)
     main_t = table(build_report([str(tmp_path)]), "Main results")
     assert re.search(r"\| TGR \| ours \| 43\.00 ± 0\.60 \(n=2", main_t) and "TGR [" not in main_t
@@ -136,7 +138,7 @@ def test_fast_path_set_covers_the_speed_settings() -> None:
 
     from dfmeta.recover import FastRecoveryFields
     from dfmeta.report.collect import SPEED
-    assert {f.name for f in fields(FastRecoveryFields)} | {"rec_prefetch", "replay_graph"} == SPEED
+    assert {f.name for f in fields(FastRecoveryFields)} | {"rec_prefetch", "rec_overlap", "replay_graph"} == SPEED
 
 
 def test_footnotes_name_settings_away_from_the_defaults(tmp_path) -> None:

@@ -30,7 +30,8 @@ IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "groups_f
            "stop_after", "time_limit", "episode_batch", "shots"}
 # Fast paths: the same computation as the reference path up to float rounding (each is tested against it), so they
 # never split a table's rows; a cell's footnote still lists them where set away from the defaults.
-SPEED = {"rec_amp", "rec_graph", "rec_channels_last", "rec_batching", "rec_compile", "rec_prefetch", "replay_graph"}
+SPEED = {"rec_amp", "rec_graph", "rec_channels_last", "rec_batching", "rec_compile", "rec_prefetch", "rec_overlap",
+         "replay_graph"}
 # A config value that had no effect on the run (``small_groups`` where no group was small): it neither splits rows
 # nor shows as set away from the defaults.
 NOT_APPLIED = "n/a"
