@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -147,6 +148,18 @@ def test_background_recovery_equals_serial(zoo, tmp_path):
     assert [r["epoch"] for r in rows(tmp_path / "b") if "bg_recover" in r] == [3, 5]  # batches [1, 2], [3, 4], [5]
     assert not any("bg_recover" in r for r in rows(tmp_path / "a"))
     assert not any(t.name == "dfmeta-recover-ahead" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("overlap, device, threads, cores, want", [
+    ("auto", "cpu", 1, 2, True), ("auto", "cpu", 2, 2, False), ("auto", "cpu", 1, 1, False),
+    ("auto", "cuda", 1, 2, False), ("on", "cpu", 4, 1, True), ("off", "cpu", 1, 2, False)])
+def test_when_recovery_runs_in_the_background(monkeypatch, overlap, device, threads, cores, want):
+    """rec_overlap auto: only a CPU run on one torch thread with a second usable core; on and off are obeyed."""
+    import dfmeta.meta.trainer as trainer
+    monkeypatch.setattr(trainer.torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(trainer, "usable_cores", lambda: cores)
+    fake = SimpleNamespace(cfg=SimpleNamespace(rec_overlap=overlap), device=torch.device(device))
+    assert trainer.Trainer.overlaps(fake) is want
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

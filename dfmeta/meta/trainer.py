@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,14 @@ from dfmeta.nets import ARCHITECTURES
 from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, compiles, fast_settings, normalise,
                             recover_tasks, teachers_per_batch)
 from dfmeta.runs import atomic_write
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     rec_overlap: Literal["auto", "on", "off"] = "auto"
     """Recover the next epochs' tasks in a background thread while the current ones train (the same tasks; on a CPU
     the worker takes as many torch threads as the run): on, off, auto (on for a CPU run on one torch thread, e.g.
-    --threads 1, where recovery and training then take a core each; off on CUDA, not yet timed there, and for
-    several CPU threads, where it oversubscribes the cores)."""
+    --threads 1, with a second core free to it, where recovery and training then take a core each; off on CUDA, not
+    yet timed there, for several CPU threads, where it oversubscribes the cores, and with one usable core). Runs side
+    by side that already fill the cores gain nothing from it."""
     replay: bool = True
     """Cross-task replay with MAML over the memory bank."""
     bank_size: int = 20
@@ -348,10 +358,11 @@ class Trainer(MetaTrainer):
         return self.cfg.rec_prefetch or (8 if self.device.type == "cuda" else 1)
 
     def overlaps(self) -> bool:
-        """Whether the next epochs' tasks are recovered in the background (rec_overlap; auto: a one-thread CPU run)."""
+        """Whether the next epochs' tasks are recovered in the background (rec_overlap; auto: a one-thread CPU run
+        with two usable cores or more)."""
         if self.cfg.rec_overlap != "auto":
             return self.cfg.rec_overlap == "on"
-        return self.device.type == "cpu" and torch.get_num_threads() == 1
+        return self.device.type == "cpu" and torch.get_num_threads() == 1 and usable_cores() >= 2
 
     def batch_from(self, epoch: int) -> list[int]:
         """The epochs recovered together with ``epoch`` when it is the first of its batch (rec_prefetch)."""
