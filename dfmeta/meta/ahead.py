@@ -53,6 +53,8 @@ class Ahead:
             raise RuntimeError("Ahead.start: a batch is already pending")
         self.epochs, self.result, self.error = list(epochs), None, None
         self.stop.clear()
+        if self.stream is not None:  # what the training stream queued so far (e.g. the zoo's weights) comes first
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
         self.thread = threading.Thread(target=self._work, args=(torch.get_num_threads(),), daemon=True,
                                        name="dfmeta-recover-ahead")
         self.thread.start()
