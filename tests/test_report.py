@@ -386,6 +386,30 @@ def test_meta_val_curve_legend_names_the_switches(tmp_path, monkeypatch) -> None
     assert drawn["selected"] == {"mixed [replay_mix=within]": 2, "paper": 2}
 
 
+def test_head_to_head_pairs_runs_on_the_same_episodes(tmp_path, monkeypatch) -> None:
+    """Runs that met the same meta-val episodes are compared at the epochs both validated (whatever their seeds); a
+    run validated on other episodes is paired with none; too many runs on one episode set are named, not paired."""
+    import dfmeta.report.curves as curves
+    monkeypatch.setattr(curves, "val_curves_png", lambda series, selected, path: None)
+
+    def run(name: str, val: dict[int, float], **cfg) -> None:
+        d = train_run(tmp_path, name, {1: (40.0, 0.6)}, epochs=8, epochs_run=len(val) * 2, selected=2, **cfg)
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": v}) + "\n"
+                                                 for e, v in val.items()))
+
+    run("a", {2: 31.0, 4: 32.0, 6: 33.0, 8: 30.0}, seed=0, val_episodes=300)
+    run("b", {2: 30.0, 4: 32.5, 6: 31.0}, seed=1, val_episodes=300, replay_mix="pooled")
+    run("c", {2: 50.0, 4: 50.0}, val_episodes=600)  # other episodes: never paired
+    section = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation")
+    head = section.split("### Head to head")[1]
+    # common epochs 2, 4, 6: differences +1.0, -0.5, +2.0
+    assert "| `a` | `b` | 3 | 2 | 1 | +0.83 |" in head
+    assert "`c`" not in head
+    monkeypatch.setattr(curves, "MAX_PAIRED", 1)
+    head = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation").split("### Head to head")[1]
+    assert "| `a` |" not in head and "2 runs met one set of episodes: too many to pair (at most 1)" in head
+
+
 def test_same_named_runs_are_told_apart_everywhere(tmp_path) -> None:
     """Run directories of one name under different parents (as the ablation grid writes them) are named with as many
     parent folders as tell them apart, in the footnotes as in every other section; a unique name stays bare."""

@@ -3,6 +3,7 @@ a reader sees where the selected epoch sits on the curve and whether a run was s
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
 
 from dfmeta.report.cells import md_table, short
@@ -64,5 +65,43 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
              "touched once for the selected model.", "", *md_table(header, rows), ""]
     series = {name + _switches(r): c for name, (r, c) in curves.items()}  # the legend names the run and its switches
     selected = {name + _switches(r): r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
-    return lines + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
-                            lambda p: val_curves_png(series, selected, p))
+    return (lines + head_to_head({name: c for name, (_, c) in curves.items()},
+                                 {name: r for name, (r, _) in curves.items()})
+            + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
+                       lambda p: val_curves_png(series, selected, p)))
+
+
+SAME_EPISODES = ("dataset", "image_size", "ways", "queries", "train_shot", "val_episodes", "episode_seed", "eval_steps",
+                 "eval_lr")
+"""Config fields that fix a run's meta-val episodes and how they are scored: runs equal in all of them met the same
+episodes, whatever their seed, so their meta-val numbers pair up epoch by epoch."""
+MAX_PAIRED = 8
+"""Runs of one episode set beyond which the pairs are not listed (28 pairs at 8)."""
+
+
+def head_to_head(curves: dict[str, list[tuple[int, float]]], runs: dict[str, Run]) -> list[str]:
+    """Pairs of runs that validated on the same episodes, compared at the epochs both validated: how often each was
+    ahead and the mean difference (a paired reading of two curves, less noisy than two single best numbers)."""
+    sets: dict[tuple, list[str]] = {}
+    for name in curves:
+        sets.setdefault(tuple(str(runs[name].config.get(f)) for f in SAME_EPISODES), []).append(name)
+    rows, crowded = [], []
+    for names in sets.values():
+        if len(names) > MAX_PAIRED:
+            crowded.append(len(names))
+            continue
+        for a, b in combinations(names, 2):
+            va, vb = dict(curves[a]), dict(curves[b])
+            diffs = [va[e] - vb[e] for e in sorted(set(va) & set(vb))]
+            if diffs:
+                rows.append([f"`{a}`", f"`{b}`", str(len(diffs)), str(sum(d > 0 for d in diffs)),
+                             str(sum(d < 0 for d in diffs)), f"{sum(diffs) / len(diffs):+.2f}"])
+    if not rows and not crowded:
+        return []
+    lines = ["### Head to head", "", "Runs that met the same meta-val episodes (same dataset, protocol and episode "
+             "seed), paired at the epochs both validated.", ""]
+    if rows:
+        lines += md_table(["run A", "run B", "common validations", "A ahead", "B ahead", "mean A − B"], rows) + [""]
+    lines += [f"- {n} runs met one set of episodes: too many to pair (at most {MAX_PAIRED}); report fewer together."
+              for n in crowded]
+    return lines + ([""] if crowded else [])
