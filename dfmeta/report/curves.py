@@ -65,8 +65,7 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
              "touched once for the selected model.", "", *md_table(header, rows), ""]
     series = {name + _switches(r): c for name, (r, c) in curves.items()}  # the legend names the run and its switches
     selected = {name + _switches(r): r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
-    return (lines + head_to_head({name: c for name, (_, c) in curves.items()},
-                                 {name: r for name, (r, _) in curves.items()})
+    return (lines + head_to_head(curves)
             + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
                        lambda p: val_curves_png(series, selected, p)))
 
@@ -79,19 +78,19 @@ MAX_PAIRED = 8
 """Runs of one episode set beyond which the pairs are not listed (28 pairs at 8)."""
 
 
-def head_to_head(curves: dict[str, list[tuple[int, float]]], runs: dict[str, Run]) -> list[str]:
+def head_to_head(curves: dict[str, tuple[Run, list[tuple[int, float]]]]) -> list[str]:
     """Pairs of runs that validated on the same episodes, compared at the epochs both validated: how often each was
     ahead and the mean difference (a paired reading of two curves, less noisy than two single best numbers)."""
     sets: dict[tuple, list[str]] = {}
-    for name in curves:
-        sets.setdefault(tuple(str(runs[name].config.get(f)) for f in SAME_EPISODES), []).append(name)
+    for name, (run, _) in curves.items():
+        sets.setdefault(tuple(str(run.config.get(f)) for f in SAME_EPISODES), []).append(name)
     rows, crowded = [], []
     for names in sets.values():
         if len(names) > MAX_PAIRED:
             crowded.append(len(names))
             continue
         for a, b in combinations(names, 2):
-            va, vb = dict(curves[a]), dict(curves[b])
+            va, vb = dict(curves[a][1]), dict(curves[b][1])
             diffs = [va[e] - vb[e] for e in sorted(set(va) & set(vb))]
             if diffs:
                 rows.append([f"`{a}`", f"`{b}`", str(len(diffs)), str(sum(d > 0 for d in diffs)),
