@@ -191,3 +191,29 @@ def test_group_overlap_reads_both_groups_json_forms(tmp_path) -> None:
     bad = subprocess.run([sys.executable, script, "--zoo", str(zoo), str(tmp_path / "c.json")], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "teacher '99' is not in the zoo" in bad.stderr
+
+
+def test_bank_classes_counts_repeated_dataset_classes(tmp_path) -> None:
+    """benchmarks/bank_classes.py: the chance that an ``across`` replay task holds one dataset class twice, computed
+    exactly, matches brute-force enumeration; a class with fewer than K + Q images is not drawn; a missing checkpoint
+    is a one-line error."""
+    from itertools import combinations
+
+    import torch
+    task = lambda teacher, names, n: {"images": torch.zeros(len(names) * n, 3, 2, 2), "teacher": teacher,  # noqa: E731
+                                      "labels": torch.arange(len(names)).repeat_interleave(n), "names": names}
+    tasks = [task(0, ["a", "b", "c", "d", "e"], 16), task(1, ["a", "b", "f", "g", "h"], 16),
+             task(2, ["a", "i", "j", "k", "l"], 16), task(3, ["m", "n", "o", "p", "q"], 8)]  # 3: too few images
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    config = {"ways": 5, "train_shot": 1, "replay_queries": 15, "replay_mix": "across"}
+    torch.save({"epoch": 7, "config": config, "extra": {"bank": {"capacity": 20, "tasks": tasks}}}, run / "checkpoint.pt")
+    script = str(ROOT / "benchmarks" / "bank_classes.py")
+    r = subprocess.run([sys.executable, script, str(run)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    names = [n for t in tasks[:3] for n in t["names"]]  # the 15 teacher classes with 16 images each
+    draws = list(combinations(names, 5))
+    repeats = sum(len(set(d)) < 5 for d in draws) / len(draws)
+    assert f"| runs/r | 7 | across | 20 | 15 | 12 | 1:10 2:1 3:1 | {repeats:.3f} |" in r.stdout
+    bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr
