@@ -119,6 +119,41 @@ def test_pooled_classes_join_teachers_of_one_dataset_class():
                                                  pooled.sample_tasks(3, 5, 1, 2, gen())))
 
 
+def test_distinct_draws_no_dataset_class_twice_and_is_uniform_over_the_rest():
+    """distinct: classes stay teachers' classes (a label's images come from one teacher), no task holds one dataset
+    class twice, and the tasks kept are uniform over the repeat-free ones (a name's frequency matches enumeration);
+    across, on the same bank, does draw repeats."""
+    from itertools import combinations
+    names = {0: ["a", "b", "c"], 1: ["b", "d", "e"], 2: ["a", "f", "g"]}
+    across, distinct = MemoryBank(), MemoryBank(mix="distinct")
+    for t in (0, 1, 2):
+        across.add(task(t, n_way=3, per_class=2), names[t])
+        distinct.add(task(t, n_way=3, per_class=2), names[t])
+    assert len(distinct.classes) == 9                                             # (teacher, label), as across
+
+    def named(bank: MemoryBank, n: int) -> tuple[list[list[str]], torch.Tensor]:
+        xs, _, xq, _ = bank.sample_tasks(n, 5, 1, 1, gen())
+        te, lab, _ = (torch.cat([u.view(n, 5, 1), v.view(n, 5, 1)], 2) for u, v in zip(decode(xs), decode(xq)))
+        assert bool((te == te[..., :1]).all()) and bool((lab == lab[..., :1]).all())  # one teacher class a label
+        return [[names[int(t)][int(c)] for t, c in zip(te[i, :, 0], lab[i, :, 0])] for i in range(n)], xs
+
+    drawn, xs = named(distinct, 4000)
+    assert all(len(set(row)) == 5 for row in drawn)
+    assert any(len(set(row)) < 5 for row in named(across, 400)[0])
+    free = [c for c in combinations([n for t in (0, 1, 2) for n in names[t]], 5) if len(set(c)) == 5]
+    for name in "abg":
+        expected = sum(name in c for c in free) / len(free)
+        assert abs(sum(name in row for row in drawn) / len(drawn) - expected) < 0.04, name
+    assert torch.equal(distinct.sample_tasks(4000, 5, 1, 1, gen())[0], xs)           # deterministic
+    with pytest.raises(DfmetaError, match="distinct mix needs a distinct class name"):
+        distinct.add(task(3, n_way=3))
+    narrow = MemoryBank(mix="distinct")                                           # 6 classes, 4 dataset classes
+    narrow.add(task(0, n_way=3, per_class=2), ["a", "b", "c"])
+    narrow.add(task(1, n_way=3, per_class=2), ["a", "b", "d"])
+    with pytest.raises(DfmetaError, match="hold 5 distinct dataset classes"):
+        narrow.sample_tasks(2, 5, 1, 1, gen())
+
+
 def test_same_teacher_class_is_one_class():
     bank = MemoryBank()
     bank.add(task(7, n_way=2, per_class=3))

@@ -4,18 +4,24 @@ The bank keeps the newest ``capacity`` recovered tasks (FIFO). A class is identi
 teacher class recovered at two epochs is one class with the images of both. Interpolated tasks recombine classes
 drawn across all stored tasks into new N-way tasks (the authors' recombination; no pixel mixing). With ``pooled``
 a class is the teacher's dataset class instead (the authors' code keeps its image pool per dataset class id), so
-the images of one dataset class recovered by several teachers form one class.
+the images of one dataset class recovered by several teachers form one class. ``distinct`` keeps the teachers'
+classes but draws no task that holds one dataset class twice (under two labels).
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import Tensor
 
 from dfmeta.errors import DfmetaError
+
+ReplayMix = Literal["across", "within", "pooled", "distinct"]
+"""How replay tasks draw their classes from the memory bank (see :class:`MemoryBank`)."""
+MAX_REDRAWS = 100
+"""Rounds of redrawing ``distinct`` tasks before the bank is taken as unable to supply them."""
 
 
 class TaskLike(Protocol):
@@ -72,10 +78,11 @@ class MemoryBank:
     ``mix``: interpolated tasks draw their classes ``across`` all stored tasks (the paper), or ``within`` one
     teacher's classes (an ablation: no task mixes the images of two teachers' generators), or across all stored
     tasks with ``pooled`` classes (the authors' code: a class is a dataset class, named at :meth:`add`, and holds
-    the images every stored teacher recovered for it).
+    the images every stored teacher recovered for it), or ``across`` without the tasks that hold one dataset class
+    twice (``distinct``: uniform over the other tasks, by redrawing; an ablation that separates pooled's two changes).
     """
 
-    MIXES = ("across", "within", "pooled")
+    MIXES = ReplayMix.__args__
 
     def __init__(self, capacity: int = 20, mix: str = "across") -> None:
         if capacity < 1:
@@ -102,9 +109,9 @@ class MemoryBank:
                               f"{list(images.shape)} and {list(labels.shape)}")
         if labels.dtype.is_floating_point or int(labels.min()) < 0:
             raise DfmetaError("memory bank: labels must be non-negative integers")
-        if self.mix == "pooled" and (names is None or len(names) <= int(labels.max())
-                                     or len(set(names)) != len(names)):
-            raise DfmetaError(f"memory bank: the pooled mix needs a distinct class name for each of teacher "
+        if self.mix in ("pooled", "distinct") and (names is None or len(names) <= int(labels.max())
+                                                   or len(set(names)) != len(names)):
+            raise DfmetaError(f"memory bank: the {self.mix} mix needs a distinct class name for each of teacher "
                               f"{teacher}'s labels 0..{int(labels.max())}, got {names!r}")
         if self._tasks:
             ref = self._tasks[0]["images"]
@@ -149,10 +156,30 @@ class MemoryBank:
                               f"{n_tasks}, {n_way}, {k_shot}, {n_query}")
         images, order, counts, classes = self._build()
         blocks = torch.tensor([te for te, _ in classes]) if self.mix == "within" else None
-        _, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator,
-                             f"memory bank ({len(classes)} classes in {len(self)} tasks)", blocks)
+        source = f"memory bank ({len(classes)} classes in {len(self)} tasks)"
+        cls, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator, source, blocks)
+        if self.mix == "distinct":
+            rows = self._redraw_repeats(cls, rows, counts, k_shot + n_query, generator, source)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
         return split_tasks(x, k_shot)
+
+    def _redraw_repeats(self, cls: Tensor, rows: Tensor, counts: Tensor, need: int, generator: torch.Generator,
+                        source: str) -> Tensor:
+        """The rows of the first ``len(cls)`` tasks, in drawing order, that hold no dataset class twice: the tasks
+        drawn, then as many more rounds as it takes (each task is uniform over all tasks, so the kept ones are
+        uniform over the repeat-free ones)."""
+        names = {(t["teacher"], c): t["names"][c] for t in self._tasks for c in range(len(t["names"]))}
+        index = {n: i for i, n in enumerate(sorted(set(names.values())))}
+        name_of = torch.tensor([index[names[c]] for c in self._build()[3]], device=cls.device)
+        kept, n_tasks = [], len(cls)
+        for _ in range(MAX_REDRAWS):
+            named = name_of[cls].sort(1).values
+            kept.append(rows[(named[:, 1:] != named[:, :-1]).all(1)])
+            if sum(len(k) for k in kept) >= n_tasks:
+                return torch.cat(kept)[:n_tasks]
+            cls, rows = draw_tasks(counts, n_tasks, cls.shape[1], need, generator, source)
+        raise DfmetaError(f"{source}: fewer than 1 in {MAX_REDRAWS} drawn tasks hold {cls.shape[1]} distinct "
+                          "dataset classes")
 
     def state_dict(self) -> dict[str, Any]:
         """Capacity and the stored tasks, oldest first (tensors as stored)."""

@@ -31,6 +31,7 @@ from torch.func import vmap
 
 from dfmeta.config import require
 from dfmeta.errors import DfmetaError
+from dfmeta.meta.bank import MemoryBank, ReplayMix
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.meta.loss import kd_loss, second_order_model
 from dfmeta.meta.maml import Params, adapt, replay
@@ -77,7 +78,7 @@ class BiDfMKDConfig(FastRecoveryFields, MetaTrainConfig):
     """Task memory replay with MAML over interpolated tasks."""
     bank_size: int = 100
     """Memory of recovered tasks (support and query set of one teacher each), FIFO."""
-    replay_mix: Literal["across", "within", "pooled"] = "across"
+    replay_mix: ReplayMix = "across"
     """How replay tasks draw their classes (see ``dfmeta train``'s replay_mix); pooled is closest to the authors'
     memory, which keeps images per dataset class id."""
     meta_batch: int = 4
@@ -185,7 +186,6 @@ class BiDfMKDTrainer(MetaTrainer):
     cfg: BiDfMKDConfig
 
     def __init__(self, cfg: BiDfMKDConfig, run) -> None:
-        from dfmeta.meta.bank import MemoryBank
         super().__init__(cfg, run)
         self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix)
 

@@ -28,6 +28,7 @@ from dfmeta.config import require
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.ahead import Ahead
+from dfmeta.meta.bank import MemoryBank, ReplayMix
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.nets import ARCHITECTURES
 from dfmeta.recover import (FastRecoveryFields, RecoveredTask, RecoveryConfig, compiles, fast_settings, normalise,
@@ -105,11 +106,12 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Cross-task replay with MAML over the memory bank."""
     bank_size: int = 20
     """Memory bank capacity (recovered tasks)."""
-    replay_mix: Literal["across", "within", "pooled"] = "across"
+    replay_mix: ReplayMix = "across"
     """Replay tasks recombine classes across the stored tasks (the paper's interpolated tasks; a class is one
     teacher's class), take all their classes from one teacher (within: an ablation, no task holds images of two
     teachers' generators), or recombine dataset classes (pooled, the authors' code: a class holds the images every
-    stored teacher of that dataset class recovered)."""
+    stored teacher of that dataset class recovered), or recombine across without drawing one dataset class twice into
+    a task (distinct: an ablation)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
@@ -151,7 +153,6 @@ class Trainer(MetaTrainer):
     cfg: TrainConfig
 
     def __init__(self, cfg: TrainConfig, run) -> None:
-        from dfmeta.meta.bank import MemoryBank
         super().__init__(cfg, run)
         self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix)
         self.groups: np.ndarray | None = None
