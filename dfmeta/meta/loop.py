@@ -333,6 +333,7 @@ class MetaTrainer:
 
 def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str | None = None) -> dict[str, Any]:
     """Run (or, with ``cfg.resume``, continue) one meta-training with ``trainer_cls``; returns the results."""
+    made_root = False
     if cfg.resume:
         path = Path(cfg.resume)
         if not (path / "config.json").is_file():
@@ -346,6 +347,7 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
         if isinstance(cfg, MetaTrainConfig):
             from dfmeta.zoo.format import read_manifest
             read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
+        made_root = not Path(cfg.out_dir).exists()
         run = RunDir.new(cfg.out_dir, cfg.dataset, name or trainer_cls.method, cfg.seed, cfg)
     print(f"run directory: {run.path}", flush=True)
     try:
@@ -353,6 +355,8 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
     except DfmetaError:
         if not cfg.resume and [f.name for f in run.path.iterdir()] == ["config.json"]:
             shutil.rmtree(run.path)  # bad input caught before any work: leave no empty run directory behind
+            if made_root and not any(run.path.parent.iterdir()):
+                run.path.parent.rmdir()
         raise
 
 
