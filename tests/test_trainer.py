@@ -237,8 +237,9 @@ def test_bad_input_before_compute(zoo, tmp_path):
             train(tiny(zoo, tmp_path / "pw", probe_weights=str(tmp_path / "none.pth")))
     with pytest.raises(DfmetaError, match="'groups_from'.*groups.json not found"):
         train(tiny(zoo, tmp_path / "gf", groups_from=str(tmp_path / "nowhere")))
-    # caught in setup, after the run directory was made: it is removed again
-    assert not any((tmp_path / "pw").iterdir()) and not any((tmp_path / "gf").iterdir())
+    # caught in setup, after the run directory was made: it is removed again, and so is
+    # the out-dir the run created for it
+    assert not (tmp_path / "pw").exists() and not (tmp_path / "gf").exists()
     # a replay task takes train_shot + replay_queries images of one recovered class
     with pytest.raises(DfmetaError, match="'rec_per_class'.*train_shot \\+ replay_queries = 16"):
         make(TrainConfig, {"zoo": "z", "rec_per_class": 10})
