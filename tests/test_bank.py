@@ -119,27 +119,59 @@ def test_pooled_classes_join_teachers_of_one_dataset_class():
                                                  pooled.sample_tasks(3, 5, 1, 2, gen())))
 
 
+SHARED = {0: ["a", "b", "c"], 1: ["b", "d", "e"], 2: ["a", "f", "g"]}
+"""Three teachers' dataset classes: "a" and "b" recovered by two teachers each, 7 dataset classes in all."""
+
+
+def named(bank: MemoryBank, n: int, names: dict[int, list[str]]) -> tuple[list[list[str]], torch.Tensor, torch.Tensor]:
+    """``n`` 5-way 1+1-shot tasks: each label's dataset class, the teacher of each label, and the support images.
+    Checks that every label's images come from one teacher class."""
+    xs, _, xq, _ = bank.sample_tasks(n, 5, 1, 1, gen())
+    te, lab, _ = (torch.cat([u.view(n, 5, 1), v.view(n, 5, 1)], 2) for u, v in zip(decode(xs), decode(xq)))
+    assert bool((te == te[..., :1]).all()) and bool((lab == lab[..., :1]).all())  # one teacher class a label
+    return [[names[int(t)][int(c)] for t, c in zip(te[i, :, 0], lab[i, :, 0])] for i in range(n)], te[..., 0], xs
+
+
+def test_one_copy_draws_dataset_classes_uniformly_each_from_one_teacher():
+    """one-copy: no task holds a dataset class twice, every dataset class is drawn equally often (5 of 7: 5/7 each,
+    where distinct favours the classes two teachers recovered), a shared class's two copies about equally, a label's
+    images from one teacher class; deterministic; too few dataset classes is a clear error."""
+    banks = {mix: MemoryBank(mix=mix) for mix in ("one-copy", "distinct")}
+    for t in (0, 1, 2):
+        for bank in banks.values():
+            bank.add(task(t, n_way=3, per_class=2), SHARED[t])
+    drawn, teachers, xs = named(banks["one-copy"], 4000, SHARED)
+    assert all(len(set(row)) == 5 for row in drawn)
+    share = {c: sum(c in row for row in drawn) / len(drawn) for c in "abcdefg"}
+    assert all(abs(p - 5 / 7) < 0.03 for p in share.values()), share
+    d_drawn = named(banks["distinct"], 4000, SHARED)[0]
+    assert sum("a" in row for row in d_drawn) / 4000 - sum("c" in row for row in d_drawn) / 4000 > 0.1
+    from_0 = sum(int(t) == 0 for row, ts in zip(drawn, teachers) for c, t in zip(row, ts) if c == "a")
+    assert abs(from_0 / sum(row.count("a") for row in drawn) - 0.5) < 0.04       # "a": teacher 0 or 2
+    assert torch.equal(banks["one-copy"].sample_tasks(4000, 5, 1, 1, gen())[0], xs)  # deterministic
+    with pytest.raises(DfmetaError, match="one-copy mix needs a distinct class name"):
+        banks["one-copy"].add(task(3, n_way=3))
+    narrow = MemoryBank(mix="one-copy")                                           # 6 classes, 4 dataset classes
+    narrow.add(task(0, n_way=3, per_class=2), ["a", "b", "c"])
+    narrow.add(task(1, n_way=3, per_class=2), ["a", "b", "d"])
+    with pytest.raises(DfmetaError, match="need 5 dataset classes with >= K \\+ Q = 2 images"):
+        narrow.sample_tasks(2, 5, 1, 1, gen())
+
+
 def test_distinct_draws_no_dataset_class_twice_and_is_uniform_over_the_rest():
     """distinct: classes stay teachers' classes (a label's images come from one teacher), no task holds one dataset
     class twice, and the tasks kept are uniform over the repeat-free ones (a name's frequency matches enumeration);
     across, on the same bank, does draw repeats."""
     from itertools import combinations
-    names = {0: ["a", "b", "c"], 1: ["b", "d", "e"], 2: ["a", "f", "g"]}
+    names = SHARED
     across, distinct = MemoryBank(), MemoryBank(mix="distinct")
     for t in (0, 1, 2):
         across.add(task(t, n_way=3, per_class=2), names[t])
         distinct.add(task(t, n_way=3, per_class=2), names[t])
     assert len(distinct.classes) == 9                                             # (teacher, label), as across
-
-    def named(bank: MemoryBank, n: int) -> tuple[list[list[str]], torch.Tensor]:
-        xs, _, xq, _ = bank.sample_tasks(n, 5, 1, 1, gen())
-        te, lab, _ = (torch.cat([u.view(n, 5, 1), v.view(n, 5, 1)], 2) for u, v in zip(decode(xs), decode(xq)))
-        assert bool((te == te[..., :1]).all()) and bool((lab == lab[..., :1]).all())  # one teacher class a label
-        return [[names[int(t)][int(c)] for t, c in zip(te[i, :, 0], lab[i, :, 0])] for i in range(n)], xs
-
-    drawn, xs = named(distinct, 4000)
+    drawn, _, xs = named(distinct, 4000, SHARED)
     assert all(len(set(row)) == 5 for row in drawn)
-    assert any(len(set(row)) < 5 for row in named(across, 400)[0])
+    assert any(len(set(row)) < 5 for row in named(across, 400, SHARED)[0])
     free = [c for c in combinations([n for t in (0, 1, 2) for n in names[t]], 5) if len(set(c)) == 5]
     for name in "abg":
         expected = sum(name in c for c in free) / len(free)

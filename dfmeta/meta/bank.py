@@ -5,7 +5,8 @@ teacher class recovered at two epochs is one class with the images of both. Inte
 drawn across all stored tasks into new N-way tasks (the authors' recombination; no pixel mixing). With ``pooled``
 a class is the teacher's dataset class instead (the authors' code keeps its image pool per dataset class id), so
 the images of one dataset class recovered by several teachers form one class. ``distinct`` keeps the teachers'
-classes but draws no task that holds one dataset class twice (under two labels).
+classes but draws no task that holds one dataset class twice (under two labels). ``one-copy`` draws dataset classes
+as ``pooled`` does (uniformly, none twice), each shown by one teacher's copy of it (no mixing of generators' images).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from dfmeta.errors import DfmetaError
 
-ReplayMix = Literal["across", "within", "pooled", "distinct"]
+ReplayMix = Literal["across", "within", "pooled", "distinct", "one-copy"]
 """How replay tasks draw their classes from the memory bank (see :class:`MemoryBank`)."""
 MAX_REDRAWS = 100
 """Rounds of redrawing ``distinct`` tasks before the bank is taken as unable to supply them."""
@@ -33,10 +34,12 @@ class TaskLike(Protocol):
 
 
 def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: torch.Generator,
-               source: str, blocks: Tensor | None = None) -> tuple[Tensor, Tensor]:
+               source: str, blocks: Tensor | None = None, names: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Draw ``n_tasks`` tasks of ``n_way`` distinct classes with ``need`` distinct images each, from a pool whose
     class ``c`` owns ``counts[c]`` consecutive rows (classes in order). With ``blocks`` (a block id per class, e.g.
     its teacher) all classes of a task come from one block, drawn uniformly among the blocks that can supply them.
+    With ``names`` (a dataset-class id per class) a task draws ``n_way`` distinct names uniformly among those with
+    a class that can supply them, then for each name one of its classes uniformly.
     Returns the classes ``[T, N]`` and the pool rows ``[T, N, need]``, drawn with ``generator`` on its device;
     ``source`` names the pool in errors."""
     eligible = torch.nonzero(counts >= need).flatten()
@@ -45,6 +48,10 @@ def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: t
                           f"{len(eligible)} have that many")
     max_count = int(counts[eligible].max())
     dev = generator.device
+    n_names = len(torch.unique(names[eligible.to(names.device)])) if names is not None else n_way
+    if n_names < n_way:
+        raise DfmetaError(f"{source}: {n_way}-way tasks need {n_way} dataset classes with >= K + Q = {need} "
+                          f"images in one teacher's copy, {n_names} have that many")
     starts = (torch.cumsum(counts, 0) - counts).to(dev)
     counts_d, eligible = counts.to(dev), eligible.to(dev)
     keys = torch.rand(n_tasks, len(eligible), generator=generator, device=dev)
@@ -56,7 +63,15 @@ def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: t
                               f">= K + Q = {need} images; none has")
         chosen = full[torch.randint(len(full), (n_tasks,), generator=generator, device=dev)]
         keys.masked_fill_(block != chosen.unsqueeze(1), 2.0)
-    cls = eligible[keys.argsort(1)[:, :n_way]]                                      # [T, N]
+    if names is not None:
+        name = names.to(dev)[eligible]                                              # name of each eligible class
+        name_keys = torch.rand(n_tasks, int(names.max()) + 1, generator=generator, device=dev)
+        name_keys.masked_fill_(torch.bincount(name, minlength=name_keys.shape[1]) == 0, 2.0)
+        chosen = name_keys.argsort(1)[:, :n_way]                                    # [T, N] names
+        copy = keys.unsqueeze(1).masked_fill(name != chosen.unsqueeze(-1), 2.0)   # [T, N, eligible]
+        cls = eligible[copy.argmin(-1)]                                             # one copy of each name
+    else:
+        cls = eligible[keys.argsort(1)[:, :n_way]]                                  # [T, N]
     rows = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
     rows.masked_fill_(torch.arange(rows.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
     return cls, starts[cls].unsqueeze(-1) + rows.argsort(-1)[..., :need]
@@ -79,7 +94,9 @@ class MemoryBank:
     teacher's classes (an ablation: no task mixes the images of two teachers' generators), or across all stored
     tasks with ``pooled`` classes (the authors' code: a class is a dataset class, named at :meth:`add`, and holds
     the images every stored teacher recovered for it), or ``across`` without the tasks that hold one dataset class
-    twice (``distinct``: uniform over the other tasks, by redrawing; an ablation that separates pooled's two changes).
+    twice (``distinct``: uniform over the other tasks, by redrawing), or dataset classes drawn as ``pooled`` draws
+    them, each shown by one stored teacher's copy of it, drawn uniformly (``one-copy``). ``distinct`` and ``one-copy``
+    are ablations that take pooled's changes apart.
     """
 
     MIXES = ReplayMix.__args__
@@ -109,7 +126,7 @@ class MemoryBank:
                               f"{list(images.shape)} and {list(labels.shape)}")
         if labels.dtype.is_floating_point or int(labels.min()) < 0:
             raise DfmetaError("memory bank: labels must be non-negative integers")
-        if self.mix in ("pooled", "distinct") and (names is None or len(names) <= int(labels.max())
+        if self.mix in ("pooled", "distinct", "one-copy") and (names is None or len(names) <= int(labels.max())
                                                    or len(set(names)) != len(names)):
             raise DfmetaError(f"memory bank: the {self.mix} mix needs a distinct class name for each of teacher "
                               f"{teacher}'s labels 0..{int(labels.max())}, got {names!r}")
@@ -156,8 +173,9 @@ class MemoryBank:
                               f"{n_tasks}, {n_way}, {k_shot}, {n_query}")
         images, order, counts, classes = self._build()
         blocks = torch.tensor([te for te, _ in classes]) if self.mix == "within" else None
+        names = self._name_ids() if self.mix == "one-copy" else None
         source = f"memory bank ({len(classes)} classes in {len(self)} tasks)"
-        cls, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator, source, blocks)
+        cls, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator, source, blocks, names)
         if self.mix == "distinct":
             rows = self._redraw_repeats(cls, rows, counts, k_shot + n_query, generator, source)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
@@ -168,9 +186,7 @@ class MemoryBank:
         """The rows of the first ``len(cls)`` tasks, in drawing order, that hold no dataset class twice: the tasks
         drawn, then as many more rounds as it takes (each task is uniform over all tasks, so the kept ones are
         uniform over the repeat-free ones)."""
-        names = {(t["teacher"], c): t["names"][c] for t in self._tasks for c in range(len(t["names"]))}
-        index = {n: i for i, n in enumerate(sorted(set(names.values())))}
-        name_of = torch.tensor([index[names[c]] for c in self._build()[3]], device=cls.device)
+        name_of = self._name_ids().to(cls.device)
         kept, n_tasks = [], len(cls)
         for _ in range(MAX_REDRAWS):
             named = name_of[cls].sort(1).values
@@ -180,6 +196,12 @@ class MemoryBank:
             cls, rows = draw_tasks(counts, n_tasks, cls.shape[1], need, generator, source)
         raise DfmetaError(f"{source}: fewer than 1 in {MAX_REDRAWS} drawn tasks hold {cls.shape[1]} distinct "
                           "dataset classes")
+
+    def _name_ids(self) -> Tensor:
+        """The dataset class of each (teacher, label) class of :attr:`classes`, as ids in sorted-name order."""
+        names = {(t["teacher"], c): t["names"][c] for t in self._tasks for c in range(len(t["names"]))}
+        index = {n: i for i, n in enumerate(sorted(set(names.values())))}
+        return torch.tensor([index[names[c]] for c in self._build()[3]])
 
     def state_dict(self) -> dict[str, Any]:
         """Capacity and the stored tasks, oldest first (tensors as stored)."""

@@ -111,7 +111,8 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     teacher's class), take all their classes from one teacher (within: an ablation, no task holds images of two
     teachers' generators), or recombine dataset classes (pooled, the authors' code: a class holds the images every
     stored teacher of that dataset class recovered), or recombine across without drawing one dataset class twice into
-    a task (distinct: an ablation)."""
+    a task (distinct: an ablation), or draw dataset classes as pooled does, each shown by one stored teacher's copy
+    (one-copy: an ablation, pooled without mixing generators' images in a class)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
