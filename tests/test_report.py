@@ -106,7 +106,8 @@ def test_unfinished_listed_without_numbers(tmp_path) -> None:
     assert ": 1 finished run, 0 analysis runs, 1 unfinished." in text.splitlines()[2]
     unf = table(text, "Unfinished runs")
     assert "| `cifar-fs__purer__0__running` | train | PURER | CIFAR-FS | epoch 7 of 100 | no results.json |" in unf
-    assert "33.33" not in text and "| PURER | ours" not in text
+    # its meta-val so far (33.33 at epoch 7: best and last) is under Meta-validation only, never a result
+    assert "| PURER | ours" not in text and text.count("33.33") == 2 == table(text, "Meta-validation").count("33.33")
 
 
 def test_variants_get_their_own_rows(tmp_path) -> None:
@@ -363,7 +364,9 @@ def test_meta_val_curves(tmp_path) -> None:
     section = table(build_report([str(runs)], str(out)), "Meta-validation")
     assert "| `cifar-fs__tgr__0__x` | TGR | `zoo-mixed` | 10/10 | 5 | 4 (33.50) | 4 (33.50) | 10 (32.00) |" in section
     assert "| `cifar-fs__tgr__4__x` | TGR | — | 5/10 | 2 | 5 (30.50) | 5 (30.50) | 5 (30.50) |" in section
-    assert "cifar-fs__tgr__1__x" not in section and "cifar-fs__tgr__2__x" not in section
+    # an unfinished run shows its curve so far and no selection
+    assert "| `cifar-fs__tgr__1__x` | TGR | — | 3/10, unfinished | 1 | 3 (33.33) | — | 3 (33.33) |" in section
+    assert "cifar-fs__tgr__2__x" not in section
     assert "| `a/cifar-fs__tgr__3__x` | TGR | `zoo-a` | 2/2 | 1 | 2 (31.00) | 2 (31.00) | 2 (31.00) |" in section
     assert "| `b/cifar-fs__tgr__3__x` | TGR | `zoo-b` | 2/2 | 1 | 2 (32.00) | 2 (32.00) | 2 (32.00) |" in section
     png = tmp_path / "report_plots" / "meta_val_curves.png"
@@ -479,6 +482,42 @@ def test_task_groups_section(tmp_path) -> None:
     (b / "groups.json").write_text("{")
     with pytest.raises(DfmetaError, match=r"cifar-fs__tgr__1__b/groups.json: not valid JSON"):
         build_report([str(runs)])
+
+
+def test_training_diagnostics_average_the_same_epochs(tmp_path) -> None:
+    """Per-epoch logs averaged over the first 10 epochs and the last 10 that every run on the same meta-val episodes
+    reached (finished or not); fields a run never logged (or logged as NaN) read '—'; validation time is left out."""
+    def run(name: str, n: int, accs, **cfg) -> Path:
+        d = train_run(tmp_path, name, accs, epochs=100, epochs_run=n, **cfg)
+        rows = [{"epoch": e, "loss": float(e), "replay_acc": float("nan") if e == 1 else 0.5 + (e > 10) * 0.25,
+                 "replay_batches": 4 + e % 2, "t_recover": 1.0, "t_replay": 2.0, "t_val": 50.0} for e in range(1, n + 1)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    run("long", 40, {1: (40.0, 0.6)}, val_episodes=300)
+    run("short", 25, None, val_episodes=300)  # unfinished: its 25 epochs bound the set's last window (16-25)
+    run("alone", 12, {1: (40.0, 0.6)}, val_episodes=600)  # another episode set: its own windows, one of them
+    legacy = train_run(tmp_path, "legacy", {1: (40.0, 0.6)}, epochs=100, epochs_run=3, val_episodes=600)
+    section = table(build_report([str(tmp_path)]), "Training diagnostics")
+    # loss e averages to 5.5 over 1-10 and 20.5 over 16-25; replay accuracy 0.5 over 2-10 (epoch 1 NaN), 0.75 later
+    assert "| `long` | TGR | 40 | 1-10 / 16-25 | 5.50 / 20.50 | 0.50 / 0.75 | 4.5 | 3.0 |" in section
+    assert "| `short` | TGR | 25 | 1-10 / 16-25 | 5.50 / 20.50 | 0.50 / 0.75 | 4.5 | 3.0 |" in section
+    assert "| `alone` | TGR | 12 | 1-3 | 2.00 | 0.50 | 4.5 | 3.0 |" in section  # the legacy run ends its set at 3
+    assert "| `legacy` | TGR | 3 | 1-3 | 1.00 | — | — | 0.1 |" in section
+    assert legacy.is_dir()
+
+
+def test_unfinished_record_named_by_its_config(tmp_path) -> None:
+    """A record of an unfinished run (files renamed, no results.json to name the method) is named by its config:
+    the one method whose config has all its fields; none where that is ambiguous."""
+    from dfmeta.report.collect import config_defaults, method_of_config
+    for method in ("tgr", "purer", "bidf-mkd", "dro", "maml-real"):
+        assert method_of_config(config_defaults(method)) == method
+    assert method_of_config({**config_defaults("tgr"), "grouping": "off", "igr": "off"}) == "vanilla"
+    assert method_of_config({"seed": 0}) is None and method_of_config({**config_defaults("tgr"), "odd": 1}) is None
+    flatten(train_run(tmp_path / "runs", "cifar-fs__vanilla__0__x", None, epochs_run=4, grouping="off", igr="off"),
+            tmp_path / "rec", "plain")
+    assert "| `plain` | train | vanilla |" in table(build_report([str(tmp_path / "rec")]), "Unfinished runs")
 
 
 def flatten(run: Path, folder: Path, prefix: str) -> None:

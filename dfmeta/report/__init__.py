@@ -3,6 +3,7 @@
 Modules: :mod:`~dfmeta.report.collect` (find and parse runs), :mod:`~dfmeta.report.cells` (mean ± CI per setting,
 footnotes naming the runs), :mod:`~dfmeta.report.tables` (Table 1, scenarios, ablations, Fig. 6),
 :mod:`~dfmeta.report.analyses` (Fig. 4, Fig. 5), :mod:`~dfmeta.report.curves` (meta-val against epoch),
+:mod:`~dfmeta.report.diagnostics` (per-epoch training logs),
 :mod:`~dfmeta.report.groups` (the task groups), :mod:`~dfmeta.report.plots` (matplotlib, optional),
 :mod:`~dfmeta.report.paper` (the paper's numbers, shown in rows of their own).
 """
@@ -17,6 +18,7 @@ from dfmeta.report.analyses import analysis_sections
 from dfmeta.report.cells import LEGEND
 from dfmeta.report.collect import Collection, collect
 from dfmeta.report.curves import curves_section
+from dfmeta.report.diagnostics import diagnostics_section
 from dfmeta.report.groups import groups_section
 from dfmeta.report.plots import MISSING, PlotSink, fig6_png
 from dfmeta.report.tables import Tables, dataset_name, other_table, render_tables, unfinished_table
@@ -49,7 +51,8 @@ def build_report(paths: Sequence[str], out: str = "", plots: str = "") -> str:
     lines += tables.lines + fig6_lines(tables, sink)
     analysis_lines, unknown = analysis_sections(found.analyses, sink)
     lines += analysis_lines + other_table(tables.other) + unfinished_table(found.unfinished)
-    lines += curves_section(found.runs, sink) + groups_section(found.runs)
+    trained = [*found.runs, *found.unfinished]
+    lines += curves_section(trained, sink) + diagnostics_section(trained) + groups_section(found.runs)
     lines += left_out(found, [(r.path, f"unknown analysis {(r.analysis or {}).get('analysis')!r}") for r in unknown])
     text = "\n".join(lines).rstrip() + "\n"
     if out:

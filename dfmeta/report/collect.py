@@ -116,7 +116,9 @@ class Run:
         if isinstance((self.analysis or {}).get("analysis"), str):
             return self.analysis["analysis"]  # type: ignore[index]
         parts = self.name.split("__")
-        return parts[1] if len(parts) == 4 else "?"
+        if len(parts) == 4:
+            return parts[1]
+        return (method_of_config(self.config) if self.kind == "train" else None) or "?"
 
     @property
     def dataset(self) -> str:
@@ -256,17 +258,36 @@ def zoo_archs(config: dict[str, Any], results: dict[str, Any] | None = None
     return tuple(str(m.get("arch", "?")) for m in models), ""
 
 
-def config_defaults(method: str) -> dict[str, Any]:
-    """The default config of a meta-training method (empty for an unknown one)."""
-    import dataclasses
+def method_configs() -> dict[str, type]:
+    """The config class of each meta-training method."""
     from dfmeta.meta.bidf_mkd import BiDfMKDConfig
     from dfmeta.meta.dro import DROConfig
     from dfmeta.meta.purer import PurerConfig
     from dfmeta.meta.real_maml import RealMAMLConfig
     from dfmeta.meta.trainer import TrainConfig
-    classes = {"tgr": TrainConfig, "vanilla": TrainConfig, "purer": PurerConfig, "bidf-mkd": BiDfMKDConfig,
-               "dro": DROConfig, "maml-real": RealMAMLConfig}
-    cls = classes.get(method)
+    return {"tgr": TrainConfig, "vanilla": TrainConfig, "purer": PurerConfig, "bidf-mkd": BiDfMKDConfig,
+            "dro": DROConfig, "maml-real": RealMAMLConfig}
+
+
+def method_of_config(config: dict[str, Any]) -> str | None:
+    """The meta-training method whose config has all of ``config``'s fields and some no other method's has (None:
+    none or several): names an unfinished run copied under another name. TGR without grouping and IGR is vanilla,
+    as the run directory names it."""
+    import dataclasses
+    fields = {m: {f.name for f in dataclasses.fields(c)} for m, c in method_configs().items() if m != "vanilla"}
+    fits = [m for m, own in fields.items()
+            if set(config) <= own and set(config) - set().union(*(f for n, f in fields.items() if n != m))]
+    if len(fits) != 1:
+        return None
+    if fits[0] == "tgr" and config.get("grouping") == "off" and config.get("igr") == "off":
+        return "vanilla"
+    return fits[0]
+
+
+def config_defaults(method: str) -> dict[str, Any]:
+    """The default config of a meta-training method (empty for an unknown one)."""
+    import dataclasses
+    cls = method_configs().get(method)
     if cls is None:
         return {}
     return json.loads(json.dumps({f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)

@@ -49,7 +49,8 @@ def _zoo(run: Run) -> str:
 
 
 def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
-    """``## Meta-validation`` for the finished meta-training runs that logged a validation."""
+    """``## Meta-validation`` for the meta-training runs that logged a validation, finished or not (an unfinished
+    run, e.g. one still training or stopped with ``defer_test``, shows its curve so far and no selection)."""
     curves = {r.shown: (r, c) for r in sorted(runs, key=lambda r: (r.name, r.shown))
               if r.kind == "train" and (c := val_curve(r))}
     if not curves:
@@ -57,13 +58,16 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     rows = []
     for name, (r, c) in curves.items():
         best = max(c, key=lambda p: (p[1], -p[0]))  # the earliest of equal bests, as the training loop selects
-        rows.append([f"`{name}`", method_label(r), _zoo(r), f"{r.epochs_run}/{r.epochs}", str(len(c)), _at(c, best[0]),
+        ran = f"{r.epochs_run}/{r.epochs}" + ("" if r.finished else ", unfinished")
+        rows.append([f"`{name}`", method_label(r), _zoo(r), ran, str(len(c)), _at(c, best[0]),
                      _at(c, r.selected_epoch), _at(c, c[-1][0])])
     header = ["run", "method", "zoo", "epochs run", "validations", "best meta-val: epoch (acc)", "selected: epoch (acc)",
               "last: epoch (acc)"]
     lines = ["## Meta-validation", "", "Meta-val accuracy (%) over training: the model is selected on it, meta-test is "
-             "touched once for the selected model.", "", *md_table(header, rows), ""]
-    series = {name + _switches(r): c for name, (r, c) in curves.items()}  # the legend names the run and its switches
+             "touched once for the selected model (an unfinished run has selected none yet).", "",
+             *md_table(header, rows), ""]
+    series = {name + _switches(r) + ("" if r.finished else " (unfinished)"): c  # the legend names run and switches
+              for name, (r, c) in curves.items()}
     selected = {name + _switches(r): r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
     return (lines + head_to_head(curves)
             + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
@@ -78,12 +82,17 @@ MAX_PAIRED = 8
 """Runs of one episode set beyond which the pairs are not listed (28 pairs at 8)."""
 
 
+def episode_set(run: Run) -> tuple[str, ...]:
+    """The run's values of :data:`SAME_EPISODES`: runs equal in it are comparable epoch by epoch."""
+    return tuple(str(run.config.get(f)) for f in SAME_EPISODES)
+
+
 def head_to_head(curves: dict[str, tuple[Run, list[tuple[int, float]]]]) -> list[str]:
     """Pairs of runs that validated on the same episodes, compared at the epochs both validated: how often each was
     ahead and the mean difference (a paired reading of two curves, less noisy than two single best numbers)."""
     sets: dict[tuple, list[str]] = {}
     for name, (run, _) in curves.items():
-        sets.setdefault(tuple(str(run.config.get(f)) for f in SAME_EPISODES), []).append(name)
+        sets.setdefault(episode_set(run), []).append(name)
     rows, crowded = [], []
     for names in sets.values():
         if len(names) > MAX_PAIRED:

@@ -331,5 +331,6 @@ def unfinished_table(runs: list[Run]) -> list[str]:
         missing = "analysis.json" if r.kind == "analysis" else "results.json"
         rows.append([f"`{r.shown}`", r.kind, method_name(r.method), dataset_name(r.dataset), progress,
                      f"no {missing}"])
-    return ["## Unfinished runs", "", "No numbers are reported for these.", "",
+    return ["## Unfinished runs", "", "No test numbers are reported for these (a meta-training run's meta-val so far "
+            "is under Meta-validation).", "",
             *md_table(["run", "kind", "method", "dataset", "progress", "status"], rows), ""]
