@@ -186,6 +186,34 @@ def test_distinct_draws_no_dataset_class_twice_and_is_uniform_over_the_rest():
         narrow.sample_tasks(2, 5, 1, 1, gen())
 
 
+def test_distinct_pooled_draws_as_distinct_and_shows_pooled_images():
+    """distinct-pooled: the same dataset classes as distinct under the same generator (its draw, no class twice),
+    each label's images drawn from all stored teachers' copies of its dataset class (a shared class mixes teachers
+    in 2 of 3 labels: 2 images of 4, two per teacher), no image twice in a task; deterministic."""
+    banks = {mix: MemoryBank(mix=mix) for mix in ("distinct-pooled", "distinct")}
+    for t in (0, 1, 2):
+        for bank in banks.values():
+            bank.add(task(t, n_way=3, per_class=2), SHARED[t])
+    assert banks["distinct-pooled"].classes == banks["distinct"].classes            # (teacher, label), as distinct
+    n = 3000
+    xs, _, xq, _ = banks["distinct-pooled"].sample_tasks(n, 5, 1, 1, gen())
+    te, lab, ids = (torch.cat([u.view(n, 5, 1), v.view(n, 5, 1)], 2) for u, v in zip(decode(xs), decode(xq)))
+    label_names = [[{SHARED[int(a)][int(b)] for a, b in zip(ta, la)} for ta, la in zip(te_t, lab_t)]
+                   for te_t, lab_t in zip(te, lab)]
+    assert all(len(c) == 1 for row in label_names for c in row)                     # one dataset class a label
+    drawn = [[c.pop() for c in row] for row in label_names]
+    assert drawn == named(banks["distinct"], n, SHARED)[0]                           # distinct's classes
+    assert all(len(set(row)) == 5 for row in drawn)
+    assert all(len(set(r.tolist())) == 10 for r in ids.view(n, -1))                 # no image used twice
+    mixed = [len(set(te[i, j].tolist())) == 2 for i, row in enumerate(drawn) for j, c in enumerate(row) if c == "a"]
+    assert abs(sum(mixed) / len(mixed) - 2 / 3) < 0.04
+    assert all(len(set(te[i, j].tolist())) == 1 for i, row in enumerate(drawn) for j, c in enumerate(row)
+               if c not in "ab")                                                   # one teacher's class
+    assert torch.equal(banks["distinct-pooled"].sample_tasks(n, 5, 1, 1, gen())[0], xs)  # deterministic
+    with pytest.raises(DfmetaError, match="distinct-pooled mix needs a distinct class name"):
+        banks["distinct-pooled"].add(task(3, n_way=3))
+
+
 def test_same_teacher_class_is_one_class():
     bank = MemoryBank()
     bank.add(task(7, n_way=2, per_class=3))

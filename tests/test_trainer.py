@@ -284,9 +284,9 @@ def test_pooled_replay_keys_the_bank_by_dataset_class(zoo, tmp_path):
     assert trainer.bank.mix == "pooled" and all(c.startswith("embedded/") for c in trainer.bank.classes)
 
 
-@pytest.mark.parametrize("mix", ["distinct", "one-copy"])
+@pytest.mark.parametrize("mix", ["distinct", "one-copy", "distinct-pooled"])
 def test_ablation_replay_mixes_train(zoo, tmp_path, mix):
-    """replay_mix=distinct and one-copy run end to end: their replay meta-batches are drawn and trained on."""
+    """The ablation replay mixes run end to end: their replay meta-batches are drawn and trained on."""
     train(tiny(zoo, tmp_path, replay_mix=mix, epochs=3))
     rows = [json.loads(line) for line in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("replay_batches", 0) for r in rows) > 0

@@ -7,6 +7,8 @@ a class is the teacher's dataset class instead (the authors' code keeps its imag
 the images of one dataset class recovered by several teachers form one class. ``distinct`` keeps the teachers'
 classes but draws no task that holds one dataset class twice (under two labels). ``one-copy`` draws dataset classes
 as ``pooled`` does (uniformly, none twice), each shown by one teacher's copy of it (no mixing of generators' images).
+``distinct-pooled`` draws classes as ``distinct`` does and shows each by its pooled images (all stored teachers'
+copies of its dataset class): pooled's mixing of generators' images without pooled's draw.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from torch import Tensor
 
 from dfmeta.errors import DfmetaError
 
-ReplayMix = Literal["across", "within", "pooled", "distinct", "one-copy"]
+ReplayMix = Literal["across", "within", "pooled", "distinct", "one-copy", "distinct-pooled"]
 """How replay tasks draw their classes from the memory bank (see :class:`MemoryBank`)."""
+NAMED_MIXES = ("pooled", "distinct", "one-copy", "distinct-pooled")
+"""Mixes that need each stored class's dataset class (its name)."""
 MAX_REDRAWS = 100
 """Rounds of redrawing ``distinct`` tasks before the bank is taken as unable to supply them."""
 
@@ -72,9 +76,16 @@ def draw_tasks(counts: Tensor, n_tasks: int, n_way: int, need: int, generator: t
         cls = eligible[copy.argmin(-1)]                                             # one copy of each name
     else:
         cls = eligible[keys.argsort(1)[:, :n_way]]                                  # [T, N]
-    rows = torch.rand(n_tasks, n_way, max_count, generator=generator, device=dev)
-    rows.masked_fill_(torch.arange(rows.shape[-1], device=dev) >= counts_d[cls].unsqueeze(-1), 2.0)
-    return cls, starts[cls].unsqueeze(-1) + rows.argsort(-1)[..., :need]
+    return cls, draw_rows(counts_d, starts, cls, need, max_count, generator)
+
+
+def draw_rows(counts: Tensor, starts: Tensor, cls: Tensor, need: int, max_count: int,
+              generator: torch.Generator) -> Tensor:
+    """``need`` distinct pool rows of each class of ``cls`` ``[T, N]`` (class ``c`` owns ``counts[c]`` rows from
+    ``starts[c]``; ``max_count`` >= every count drawn from), uniformly: rows ``[T, N, need]``."""
+    rows = torch.rand(*cls.shape, max_count, generator=generator, device=generator.device)
+    rows.masked_fill_(torch.arange(max_count, device=rows.device) >= counts[cls].unsqueeze(-1), 2.0)
+    return starts[cls].unsqueeze(-1) + rows.argsort(-1)[..., :need]
 
 
 def split_tasks(x: Tensor, k_shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -95,8 +106,9 @@ class MemoryBank:
     tasks with ``pooled`` classes (the authors' code: a class is a dataset class, named at :meth:`add`, and holds
     the images every stored teacher recovered for it), or ``across`` without the tasks that hold one dataset class
     twice (``distinct``: uniform over the other tasks, by redrawing), or dataset classes drawn as ``pooled`` draws
-    them, each shown by one stored teacher's copy of it, drawn uniformly (``one-copy``). ``distinct`` and ``one-copy``
-    are ablations that take pooled's changes apart.
+    them, each shown by one stored teacher's copy of it, drawn uniformly (``one-copy``), or classes drawn as
+    ``distinct`` draws them, each shown by the pooled images of its dataset class (``distinct-pooled``). ``distinct``,
+    ``one-copy`` and ``distinct-pooled`` are ablations that take pooled's changes apart.
     """
 
     MIXES = ReplayMix.__args__
@@ -126,7 +138,7 @@ class MemoryBank:
                               f"{list(images.shape)} and {list(labels.shape)}")
         if labels.dtype.is_floating_point or int(labels.min()) < 0:
             raise DfmetaError("memory bank: labels must be non-negative integers")
-        if self.mix in ("pooled", "distinct", "one-copy") and (names is None or len(names) <= int(labels.max())
+        if self.mix in NAMED_MIXES and (names is None or len(names) <= int(labels.max())
                                                    or len(set(names)) != len(names)):
             raise DfmetaError(f"memory bank: the {self.mix} mix needs a distinct class name for each of teacher "
                               f"{teacher}'s labels 0..{int(labels.max())}, got {names!r}")
@@ -176,23 +188,39 @@ class MemoryBank:
         names = self._name_ids() if self.mix == "one-copy" else None
         source = f"memory bank ({len(classes)} classes in {len(self)} tasks)"
         cls, rows = draw_tasks(counts, n_tasks, n_way, k_shot + n_query, generator, source, blocks, names)
-        if self.mix == "distinct":
-            rows = self._redraw_repeats(cls, rows, counts, k_shot + n_query, generator, source)
+        if self.mix in ("distinct", "distinct-pooled"):
+            cls, rows = self._redraw_repeats(cls, rows, counts, k_shot + n_query, generator, source)
+        if self.mix == "distinct-pooled":
+            order, rows = self._pooled_rows(cls, k_shot + n_query, generator)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
         return split_tasks(x, k_shot)
 
+    def _pooled_rows(self, cls: Tensor, need: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Image rows sorted by dataset class, and ``need`` of them drawn uniformly from each drawn (teacher, label)
+        class's dataset class, i.e. from all stored teachers' copies of it: ``[T, N, need]``."""
+        _, order, counts, _ = self._build()
+        name_of = self._name_ids()
+        row_names = name_of.repeat_interleave(counts)                  # dataset class of each class-sorted row
+        by_name = order[torch.argsort(row_names, stable=True).to(order.device)]
+        name_counts = torch.bincount(row_names, minlength=len(name_of))
+        dev = generator.device
+        starts = (torch.cumsum(name_counts, 0) - name_counts).to(dev)
+        names = name_of.to(dev)[cls]
+        return by_name, draw_rows(name_counts.to(dev), starts, names, need, int(name_counts.max()), generator)
+
     def _redraw_repeats(self, cls: Tensor, rows: Tensor, counts: Tensor, need: int, generator: torch.Generator,
-                        source: str) -> Tensor:
-        """The rows of the first ``len(cls)`` tasks, in drawing order, that hold no dataset class twice: the tasks
-        drawn, then as many more rounds as it takes (each task is uniform over all tasks, so the kept ones are
-        uniform over the repeat-free ones)."""
+                        source: str) -> tuple[Tensor, Tensor]:
+        """The classes and rows of the first ``len(cls)`` tasks, in drawing order, that hold no dataset class twice:
+        the tasks drawn, then as many more rounds as it takes (each task is uniform over all tasks, so the kept ones
+        are uniform over the repeat-free ones)."""
         name_of = self._name_ids().to(cls.device)
         kept, n_tasks = [], len(cls)
         for _ in range(MAX_REDRAWS):
             named = name_of[cls].sort(1).values
-            kept.append(rows[(named[:, 1:] != named[:, :-1]).all(1)])
-            if sum(len(k) for k in kept) >= n_tasks:
-                return torch.cat(kept)[:n_tasks]
+            ok = (named[:, 1:] != named[:, :-1]).all(1)
+            kept.append((cls[ok], rows[ok]))
+            if sum(len(k) for k, _ in kept) >= n_tasks:
+                return torch.cat([k for k, _ in kept])[:n_tasks], torch.cat([r for _, r in kept])[:n_tasks]
             cls, rows = draw_tasks(counts, n_tasks, cls.shape[1], need, generator, source)
         raise DfmetaError(f"{source}: fewer than 1 in {MAX_REDRAWS} drawn tasks hold {cls.shape[1]} distinct "
                           "dataset classes")

@@ -112,7 +112,8 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     teachers' generators), or recombine dataset classes (pooled, the authors' code: a class holds the images every
     stored teacher of that dataset class recovered), or recombine across without drawing one dataset class twice into
     a task (distinct: an ablation), or draw dataset classes as pooled does, each shown by one stored teacher's copy
-    (one-copy: an ablation, pooled without mixing generators' images in a class)."""
+    (one-copy: an ablation, pooled without mixing generators' images in a class), or draw as distinct and show each
+    class by the pooled images of its dataset class (distinct-pooled: an ablation, the mixing without pooled's draw)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
