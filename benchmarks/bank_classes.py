@@ -7,7 +7,8 @@ Reads each run's ``checkpoint.pt`` (the bank of its last checkpoint). Columns: t
 (teacher, label) stored, the dataset classes they are, how many dataset classes were recovered by 1, 2, 3, ...
 teachers, and the probability that a ``ways``-way task whose classes are drawn uniformly from the teacher classes with
 at least K + Q images (the ``across`` mix) holds some dataset class twice, computed exactly. Under ``within`` (a
-teacher's classes are distinct) and ``pooled`` (a class is a dataset class) it is 0 by construction. The bank's
+teacher's classes are distinct), ``pooled`` (a class is a dataset class) and the ablations ``distinct``, ``one-copy``
+and ``distinct-pooled`` (none draws a dataset class twice) it is 0 by construction. The bank's
 composition depends on the seed and the teachers drawn, not on the replay mix. Recorded:
 docs/results/cpu-2026-12-05-pooled.md.
 """
