@@ -78,8 +78,15 @@ class RunDir:
 
     def log(self, **metrics: Any) -> None:
         """Append one JSON line to ``metrics.jsonl``."""
-        with open(self.path / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(metrics, default=float) + "\n")
+        self._append("metrics.jsonl", metrics)
+
+    def log_call(self, **settings: Any) -> None:
+        """Append one JSON line to ``calls.jsonl`` (a call that continued the run: its epoch and settings)."""
+        self._append("calls.jsonl", settings)
+
+    def _append(self, name: str, row: dict[str, Any]) -> None:
+        with open(self.path / name, "a") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
 
     def metrics(self) -> list[dict[str, Any]]:
         """All logged metric lines."""

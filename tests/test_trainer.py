@@ -105,6 +105,11 @@ def test_deferred_meta_test_chain(zoo, tmp_path, monkeypatch):
         assert torch.equal(a[k], b[k]), k
     rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
     assert sum(bool(r.get("final_test")) for r in rows) == 1 and not any(r.get("interim_test") for r in rows)
+    calls = [json.loads(x) for x in (d / "calls.jsonl").read_text().splitlines()]  # how the run was continued
+    assert [(c["from_epoch"], c["defer_test"], c["time_limit"]) for c in calls] == [
+        (1, True, 1e-9), (2, True, 1e-9), (3, True, 1e-9), (4, False, 0.0)]
+    assert json.loads((d / "config.json").read_text())["defer_test"] is True  # the first call's settings
+    assert not (run_dir(tmp_path / "a") / "calls.jsonl").exists()  # a run never continued has none
 
 
 def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):

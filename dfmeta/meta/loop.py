@@ -13,7 +13,9 @@ beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra
 - ``defer_test``: meta-train without loading meta-test (a time limit then only stops with a checkpoint); a later
   ``--resume`` meta-tests the finished run. A finished run's checkpoint drops training buffers (memory banks, pseudo
   data), so the last call carries little more than ``best.pt``;
-- one meta-test of the selected model at every K of ``shots``, written to ``results.json``.
+- one meta-test of the selected model at every K of ``shots``, written to ``results.json``;
+- ``calls.jsonl``: each call that continued the run from a checkpoint, with the epoch and the settings it gave
+  (:data:`CALL_SETTINGS`; ``config.json`` keeps the first call's).
 
 Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
 run continues exactly as the uninterrupted one would have.
@@ -39,6 +41,9 @@ from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
 from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
 
+
+CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
+"""Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``)."""
 
 @dataclass(frozen=True)
 class MetaLoopConfig(DataConfig, EvalFields):
@@ -242,6 +247,7 @@ class MetaTrainer:
             self.reopen(res)
         if self.load_checkpoint():
             print(f"resumed from epoch {self.epoch}", flush=True)
+            self.run.log_call(from_epoch=self.epoch, **{k: getattr(cfg, k) for k in CALL_SETTINGS})
         if self.epoch < cfg.epochs:
             self.setup()
         try:
@@ -339,8 +345,7 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
         if not (path / "config.json").is_file():
             raise DfmetaError(f"{path}: not a run directory (no config.json)")
         stored = json.loads((path / "config.json").read_text())
-        stored.update(resume="", stop_after=cfg.stop_after, time_limit=cfg.time_limit, defer_test=cfg.defer_test,
-                      device=cfg.device, threads=cfg.threads)
+        stored.update(resume="", **{k: getattr(cfg, k) for k in CALL_SETTINGS})
         cfg = make(type(cfg), stored)
         run = RunDir(path)
     else:
