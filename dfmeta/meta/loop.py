@@ -41,9 +41,9 @@ from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
 from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
 
-
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``)."""
+
 
 @dataclass(frozen=True)
 class MetaLoopConfig(DataConfig, EvalFields):
