@@ -404,13 +404,43 @@ def test_head_to_head_pairs_runs_on_the_same_episodes(tmp_path, monkeypatch) -> 
     run("b", {2: 30.0, 4: 32.5, 6: 31.0}, seed=1, val_episodes=300, replay_mix="pooled")
     run("c", {2: 50.0, 4: 50.0}, val_episodes=600)  # other episodes: never paired
     section = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation")
-    head = section.split("### Head to head")[1]
+    head = section.split("### Head to head")[1].split("### Over the common epochs")[0]
     # common epochs 2, 4, 6: differences +1.0, -0.5, +2.0
     assert "| `a` | `b` | 3 | 2 | 1 | +0.83 |" in head
     assert "`c`" not in head
     monkeypatch.setattr(curves, "MAX_PAIRED", 1)
     head = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation").split("### Head to head")[1]
+    head = head.split("### Over the common epochs")[0]
     assert "| `a` |" not in head and "2 runs met one set of episodes: too many to pair (at most 1)" in head
+
+
+def test_common_window_averages_each_run_over_the_epochs_all_validated(tmp_path, monkeypatch) -> None:
+    """Runs on one episode set are averaged up to the last epoch every one of them validated (here 6), and over the
+    later half of that window (epochs 4 and 6); a run alone on its episodes gets no row."""
+    import dfmeta.report.curves as curves
+    monkeypatch.setattr(curves, "val_curves_png", lambda series, selected, path: None)
+
+    def run(name: str, val: dict[int, float], **cfg) -> None:
+        d = train_run(tmp_path, name, {1: (40.0, 0.6)}, epochs=8, epochs_run=max(val), selected=2, **cfg)
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val_acc": v}) + "\n"
+                                                 for e, v in val.items()))
+
+    run("a", {2: 31.0, 4: 32.0, 6: 33.0, 8: 40.0}, val_episodes=300)
+    run("b", {2: 30.0, 4: 32.5, 6: 31.0}, val_episodes=300, replay_mix="pooled")
+    run("c", {2: 50.0, 4: 50.0}, val_episodes=600)
+    section = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation")
+    window = section.split("### Over the common epochs")[1]
+    assert "| `a` | TGR | 1-6 | 3 | 32.00 | 32.50 | 33.00 |" in window  # epoch 8 is past the window
+    assert "| `b` | TGR [replay_mix=pooled] | 1-6 | 3 | 31.17 | 31.75 | 32.50 |" in window
+    assert "`c`" not in window
+    run("b", {2: 30.0}, val_episodes=300)  # the window shrinks to epoch 2: no later half but epoch 2 itself
+    window = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation").split(
+        "### Over the common epochs")[1]
+    assert "| `a` | TGR | 1-2 | 1 | 31.00 | 31.00 | 31.00 |" in window
+    run("b", {1: 30.0}, val_episodes=300)  # a run that first validated after the window: counted, no numbers
+    window = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation").split(
+        "### Over the common epochs")[1]
+    assert "| `a` | TGR | 1-1 | 0 | — | — | — |" in window
 
 
 def test_same_named_runs_are_told_apart_everywhere(tmp_path) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from itertools import combinations
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from dfmeta.report.cells import md_table, short
 from dfmeta.report.collect import Run
 from dfmeta.report.plots import PlotSink, val_curves_png
 from dfmeta.report.tables import method_name
+
+T = TypeVar("T")
 
 
 def val_curve(run: Run) -> list[tuple[int, float]]:
@@ -69,7 +72,7 @@ def curves_section(runs: list[Run], sink: PlotSink) -> list[str]:
     series = {name + _switches(r) + ("" if r.finished else " (unfinished)"): c  # the legend names run and switches
               for name, (r, c) in curves.items()}
     selected = {name + _switches(r): r.selected_epoch for name, (r, _) in curves.items() if r.selected_epoch}
-    return (lines + head_to_head(curves)
+    return (lines + head_to_head(curves) + common_window(curves)
             + sink.add("meta_val_curves.png", "Meta-val accuracy against epoch",
                        lambda p: val_curves_png(series, selected, p)))
 
@@ -87,14 +90,19 @@ def episode_set(run: Run) -> tuple[str, ...]:
     return tuple(str(run.config.get(f)) for f in SAME_EPISODES)
 
 
+def by_episode_set(items: list[T], run_of: Callable[[T], Run]) -> list[list[T]]:
+    """``items`` grouped by the :func:`episode_set` of their run, in order of first appearance."""
+    sets: dict[tuple, list[T]] = {}
+    for item in items:
+        sets.setdefault(episode_set(run_of(item)), []).append(item)
+    return list(sets.values())
+
+
 def head_to_head(curves: dict[str, tuple[Run, list[tuple[int, float]]]]) -> list[str]:
     """Pairs of runs that validated on the same episodes, compared at the epochs both validated: how often each was
     ahead and the mean difference (a paired reading of two curves, less noisy than two single best numbers)."""
-    sets: dict[tuple, list[str]] = {}
-    for name, (run, _) in curves.items():
-        sets.setdefault(episode_set(run), []).append(name)
     rows, crowded = [], []
-    for names in sets.values():
+    for names in by_episode_set(list(curves), lambda n: curves[n][0]):
         if len(names) > MAX_PAIRED:
             crowded.append(len(names))
             continue
@@ -113,3 +121,24 @@ def head_to_head(curves: dict[str, tuple[Run, list[tuple[int, float]]]]) -> list
     lines += [f"- {n} runs met one set of episodes: too many to pair (at most {MAX_PAIRED}); report fewer together."
               for n in crowded]
     return lines + ([""] if crowded else [])
+
+
+def common_window(curves: dict[str, tuple[Run, list[tuple[int, float]]]]) -> list[str]:
+    """Per set of runs that met the same meta-val episodes: each run's mean meta-val over the epochs up to the last
+    one every run of the set validated (E), and over its later half (E/2 < epoch <= E), so runs of different lengths
+    read as levels over one window rather than as single best numbers."""
+    rows = []
+    for names in (n for n in by_episode_set(list(curves), lambda n: curves[n][0]) if len(n) > 1):
+        end = min(curves[n][1][-1][0] for n in names)
+        for n in names:
+            window = [(e, a) for e, a in curves[n][1] if e <= end]
+            accs, late = [a for _, a in window], [a for e, a in window if e > end / 2]
+            rows.append([f"`{n}`", method_label(curves[n][0]), f"1-{end}", str(len(window)),
+                         *(f"{sum(x) / len(x):.2f}" if x else "—" for x in (accs, late)),
+                         f"{max(accs):.2f}" if accs else "—"])
+    if not rows:
+        return []
+    return ["### Over the common epochs", "", "Runs that met the same meta-val episodes, each averaged over the epochs "
+            "every one of them validated (1-E) and over the later half of those (E/2 < epoch <= E).", "",
+            *md_table(["run", "method", "epochs", "validations", "mean meta-val", "mean, later half", "best"], rows),
+            ""]

@@ -8,7 +8,7 @@ import math
 
 from dfmeta.report.cells import md_table
 from dfmeta.report.collect import Run
-from dfmeta.report.curves import episode_set, method_label
+from dfmeta.report.curves import by_episode_set, method_label
 
 WINDOW = 10
 """Epochs averaged per window."""
@@ -44,11 +44,8 @@ def diagnostics_section(runs: list[Run]) -> list[str]:
               if r.kind == "train" and (rows := epoch_rows(r)) and any("loss" in m for m in rows.values())]
     if not logged:
         return []
-    sets: dict[tuple, list[tuple[Run, dict[int, dict]]]] = {}
-    for r, rows in logged:
-        sets.setdefault(episode_set(r), []).append((r, rows))
     body = []
-    for members in sets.values():
+    for members in by_episode_set(logged, lambda item: item[0]):
         end = min(max(rows) for _, rows in members)  # the last epoch every run of the set reached
         windows = [(1, min(WINDOW, end))] + ([(end - WINDOW + 1, end)] if end >= 2 * WINDOW else [])
         for r, rows in members:
