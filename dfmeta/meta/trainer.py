@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -371,7 +371,7 @@ class Trainer(MetaTrainer):
         """The epochs recovered together with ``epoch`` when it is the first of its batch (rec_prefetch)."""
         return list(range(epoch, min(epoch + self.epochs_per_recovery(), self.cfg.epochs + 1)))
 
-    def recover_epochs(self, epochs: list[int], on_step=None) -> dict[int, list]:
+    def recover_epochs(self, epochs: list[int], on_step: Callable[[int], None] | None = None) -> dict[int, list]:
         """Recover the tasks of ``epochs`` together: each epoch's m teachers, seed ``epoch_seed(seed, epoch, 0)``."""
         cfg, m = self.cfg, self.cfg.teachers_per_epoch
         picks = [self.pick_teachers(e) for e in epochs]
