@@ -16,14 +16,12 @@ docs/results/cpu-2026-12-05-pooled.md.
 from __future__ import annotations
 
 import argparse
-import pickle
 from collections import Counter
 from math import comb
 from pathlib import Path
 
-import torch
-
 from dfmeta.errors import DfmetaError
+from dfmeta.meta.bank import stored_bank
 
 
 def repeat_probability(multiplicity: list[int], ways: int) -> float:
@@ -39,19 +37,12 @@ def repeat_probability(multiplicity: list[int], ways: int) -> float:
 
 def bank_row(run: Path) -> list[str]:
     """One table row for the bank in ``run``'s checkpoint."""
-    path = run / "checkpoint.pt"
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-        bank, config = ck["extra"]["bank"], ck["config"]
-    except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DfmetaError(f"{path}: expected a TGR checkpoint with a memory bank ({why})") from e
+    ck, bank = stored_bank(run)
+    config = ck["config"]
     need = int(config.get("train_shot", 1)) + int(config.get("replay_queries", 15))
     images: Counter = Counter()
     name: dict[tuple[int, int], str] = {}
     for task in bank["tasks"]:
-        if task.get("names") is None:
-            raise DfmetaError(f"{path}: the bank's tasks carry no class names (a run written before they were kept)")
         for label, n in Counter(task["labels"].tolist()).items():
             images[(task["teacher"], label)] += n
             name[(task["teacher"], label)] = task["names"][label]

@@ -217,3 +217,52 @@ def test_bank_classes_counts_repeated_dataset_classes(tmp_path) -> None:
     assert f"| runs/r | 7 | across | 20 | 15 | 12 | 1:10 2:1 3:1 | {repeats:.3f} |" in r.stdout
     bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr
+
+
+def _bank_run(path: Path, style: float, *, seed: int = 0) -> Path:
+    """A run directory whose checkpoint holds a bank of three teachers sharing dataset class "a" (and 0 and 1 "b"):
+    each class is its name's fixed pattern plus noise, each teacher's images shifted by ``style`` times its own
+    colour offset (a generator's style)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    names = [["a", "b", "c", "d", "e"], ["a", "b", "f", "g", "h"], ["a", "i", "j", "k", "l"]]
+    pattern = {n: torch.rand(3, 8, 8, generator=g) for n in sorted({n for t in names for n in t})}
+    tasks = []
+    for teacher, task_names in enumerate(names):
+        offset = torch.rand(3, 1, 1, generator=g) * 2 - 1
+        images = torch.stack([pattern[n] + 0.3 * torch.randn(3, 8, 8, generator=g) + style * offset
+                              for n in task_names for _ in range(16)])
+        tasks.append({"images": images, "labels": torch.arange(5).repeat_interleave(16), "teacher": teacher,
+                      "names": task_names})
+    path.mkdir(parents=True)
+    torch.save({"epoch": 3, "config": {"ways": 5}, "extra": {"bank": {"capacity": 20, "tasks": tasks}}},
+               path / "checkpoint.pt")
+    return path
+
+
+def test_generator_style_tells_generators_apart_only_when_they_differ(tmp_path) -> None:
+    """benchmarks/generator_style.py: pairs of one dataset class from two teachers are told apart when the teachers'
+    images carry different colour offsets, and not when they carry none; pairs are counted by kind; a run without a
+    checkpoint is a one-line error."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("generator_style", ROOT / "benchmarks" / "generator_style.py")
+    gs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gs)
+    import torch
+    # leave-one-out: two rows each, far apart -> all right; the same two rows in both classes -> all wrong
+    assert gs.loo_accuracy(torch.tensor([[0.0], [2.0]]), torch.tensor([[10.0], [12.0]])) == 1.0
+    assert gs.loo_accuracy(torch.tensor([[0.0], [1.0]]), torch.tensor([[0.0], [1.0]])) == 0.0
+    script = str(ROOT / "benchmarks" / "generator_style.py")
+    styled, plain = _bank_run(tmp_path / "runs" / "styled", 1.0), _bank_run(tmp_path / "runs" / "plain", 0.0)
+    r = subprocess.run([sys.executable, script, str(styled), str(plain), "--size", "4"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {(cells[0], cells[2]): cells[3:] for line in r.stdout.splitlines()[2:]
+            if (cells := [c.strip() for c in line.strip("|").split("|")])}
+    acc = {k: [float(c.split()[0]) for c in v] for k, v in rows.items()}
+    # pairs: "a" x3 teachers (3) + "b" x2 (1) same class; 3 x C(5,2) one teacher; C(15,2) - 4 - 30 = 71 across
+    assert [c.split()[1] for c in rows[("runs/styled", "pixels")]] == ["(4)", "(30)", "(71)"]
+    assert acc[("runs/styled", "colour")][0] > 0.95 and acc[("runs/styled", "pixels")][0] > 0.95
+    assert acc[("runs/plain", "pixels")][0] < 0.7 and acc[("runs/plain", "pixels")][1] > 0.95
+    bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr

@@ -13,7 +13,9 @@ copies of its dataset class): pooled's mixing of generators' images without pool
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
@@ -246,3 +248,18 @@ class MemoryBank:
         self.capacity, self._tasks, self._pool = int(state["capacity"]), [], None
         for t in state["tasks"]:
             self._store(t["images"], t["labels"], t["teacher"], t.get("names"))
+
+
+def stored_bank(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint of the TGR run directory ``run`` and its memory bank's state (:meth:`MemoryBank.state_dict`),
+    read on the CPU; a clear error where there is none or its tasks carry no class names."""
+    path = Path(run) / "checkpoint.pt"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        bank = ck["extra"]["bank"]
+    except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DfmetaError(f"{path}: expected a TGR checkpoint with a memory bank ({why})") from e
+    if any(task.get("names") is None for task in bank["tasks"]):
+        raise DfmetaError(f"{path}: the bank's tasks carry no class names (a run written before they were kept)")
+    return ck, bank

@@ -1,0 +1,114 @@
+"""How far the images in a TGR run's memory bank are told apart by the generator that made them rather than by
+their class: a model-free reading of why replay tasks that mix several teachers' classes are easy.
+
+    python benchmarks/generator_style.py RUN_DIR [RUN_DIR ...] [--size 8]
+
+Reads each run's ``checkpoint.pt`` (the bank of its last checkpoint; its tasks must carry class names). Every two
+teacher classes (teacher, label) of the bank form a pair of one of three kinds:
+
+- *same class, two generators*: one dataset class recovered by two teachers (what ``pooled`` merges into one class);
+- *two classes, one generator*: two classes of one teacher (a ``within`` replay task's pairs);
+- *two classes, two generators*: the typical pair of an ``across`` replay task.
+
+Each pair is scored by leave-one-out nearest-centroid accuracy on model-free features of its images: the image
+average-pooled to ``size`` x ``size`` pixels (``pixels``), and each channel's mean and standard deviation
+(``colour``, six numbers that carry a generator's colour statistics and almost nothing of the class's shape). 0.5
+is chance. If *same class, two generators* pairs score well above 0.5, a generator's style alone tells images apart;
+if *two classes, two generators* pairs score above *two classes, one generator*, styles add to the classes'
+differences, so tasks whose classes come from several generators are easier. Recorded:
+docs/results/cpu-2026-12-07-generator-style.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dfmeta.errors import DfmetaError
+from dfmeta.meta.bank import stored_bank
+
+KINDS = ("same class, two generators", "two classes, one generator", "two classes, two generators")
+
+
+def features(images: Tensor, size: int) -> dict[str, Tensor]:
+    """``pixels``: images ``[n, C, H, W]`` average-pooled to ``size`` x ``size``, flattened; ``colour``: each
+    channel's mean and standard deviation ``[n, 2C]``."""
+    x = images.float()
+    pixels = F.adaptive_avg_pool2d(x, size).flatten(1)
+    colour = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+    return {"pixels": pixels, "colour": colour}
+
+
+def loo_accuracy(a: Tensor, b: Tensor) -> float:
+    """Leave-one-out nearest-centroid accuracy of telling the rows of ``a`` from those of ``b`` (each row is left out
+    of its own class's centroid; each class needs two rows)."""
+    sa, sb = a.sum(0), b.sum(0)
+    na, nb = len(a), len(b)
+    own_a, other_a = (sa - a) / (na - 1), sb / nb
+    own_b, other_b = (sb - b) / (nb - 1), sa / na
+    right_a = ((a - own_a).pow(2).sum(1) < (a - other_a).pow(2).sum(1)).sum()
+    right_b = ((b - own_b).pow(2).sum(1) < (b - other_b).pow(2).sum(1)).sum()
+    return float(right_a + right_b) / (na + nb)
+
+
+def bank_classes(bank: dict) -> dict[tuple[int, int], tuple[str, Tensor]]:
+    """(teacher, label) -> (dataset class, images) over the bank's tasks (a class recovered twice has both sets)."""
+    out: dict[tuple[int, int], tuple[str, list[Tensor]]] = {}
+    for task in bank["tasks"]:
+        for label in task["labels"].unique().tolist():
+            key = (int(task["teacher"]), int(label))
+            out.setdefault(key, (task["names"][label], []))[1].append(task["images"][task["labels"] == label])
+    return {k: (name, torch.cat(parts)) for k, (name, parts) in out.items()}
+
+
+def pair_scores(classes: dict[tuple[int, int], tuple[str, Tensor]], size: int) -> dict[str, dict[str, list[float]]]:
+    """Accuracy of every pair of classes with two or more images, by feature and kind of pair."""
+    feats = {k: features(imgs, size) for k, (_, imgs) in classes.items() if len(imgs) >= 2}
+    keys = sorted(feats)
+    scores: dict[str, dict[str, list[float]]] = {f: {kind: [] for kind in KINDS} for f in ("pixels", "colour")}
+    for i, p in enumerate(keys):
+        for q in keys[i + 1:]:
+            same_class, same_teacher = classes[p][0] == classes[q][0], p[0] == q[0]
+            if same_class and same_teacher:
+                continue
+            kind = KINDS[0] if same_class else KINDS[1] if same_teacher else KINDS[2]
+            for f in scores:
+                scores[f][kind].append(loo_accuracy(feats[p][f], feats[q][f]))
+    return scores
+
+
+def run_rows(run: Path, size: int) -> list[list[str]]:
+    """Table rows (one per feature) for the bank in ``run``'s checkpoint."""
+    ck, bank = stored_bank(run)
+    scores = pair_scores(bank_classes(bank), size)
+    rows = []
+    for feat, by_kind in scores.items():
+        cells = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "—" for v in by_kind.values()]
+        rows.append([f"{run.parent.name}/{run.name}", str(ck.get("epoch", "?")), feat, *cells])
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="TGR run directories (with checkpoint.pt)")
+    ap.add_argument("--size", type=int, default=8, help="side of the pooled image of the pixels feature")
+    args = ap.parse_args()
+    if args.size < 1:
+        raise SystemExit(f"error: --size must be >= 1, got {args.size}")
+    try:
+        rows = [row for r in args.runs for row in run_rows(r, args.size)]
+    except DfmetaError as e:
+        raise SystemExit(f"error: {e}")
+    header = ["run", "epoch", "feature", *(f"{k}: accuracy (pairs)" for k in KINDS)]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
