@@ -1,7 +1,7 @@
 """How far the images in a TGR run's memory bank are told apart by the generator that made them rather than by
 their class: a model-free reading of why replay tasks that mix several teachers' classes are easy.
 
-    python benchmarks/generator_style.py RUN_DIR [RUN_DIR ...] [--size 8]
+    python benchmarks/generator_style.py RUN_DIR [RUN_DIR ...] [--size 8] [--data-root ../shared/data]
 
 Reads each run's ``checkpoint.pt`` (the bank of its last checkpoint; its tasks must carry class names). Every two
 teacher classes (teacher, label) of the bank form a pair of one of three kinds:
@@ -15,7 +15,9 @@ average-pooled to ``size`` x ``size`` pixels (``pixels``), and each channel's me
 (``colour``, six numbers that carry a generator's colour statistics and almost nothing of the class's shape). 0.5
 is chance. If *same class, two generators* pairs score well above 0.5, a generator's style alone tells images apart;
 if *two classes, two generators* pairs score above *two classes, one generator*, styles add to the classes'
-differences, so tasks whose classes come from several generators are easier. Recorded:
+differences, so tasks whose classes come from several generators are easier. With ``--data-root``, a fourth
+column scores every two of the bank's dataset classes on real meta-train images (the first ones of each class, as
+many as a bank class holds; the teachers' training data, read for this reference only). Recorded:
 docs/results/cpu-2026-12-07-generator-style.md.
 """
 
@@ -28,10 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dfmeta.data.episodes import to_input
+from dfmeta.data.registry import load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.bank import stored_bank
 
 KINDS = ("same class, two generators", "two classes, one generator", "two classes, two generators")
+REAL = "two real classes"
 
 
 def features(images: Tensor, size: int) -> dict[str, Tensor]:
@@ -81,10 +86,34 @@ def pair_scores(classes: dict[tuple[int, int], tuple[str, Tensor]], size: int) -
     return scores
 
 
-def run_rows(run: Path, size: int) -> list[list[str]]:
+def real_scores(names: list[str], per_class: int, root: Path, size: int) -> dict[str, list[float]]:
+    """Accuracy of every pair of the dataset classes ``names`` ("dataset/class") on ``per_class`` real meta-train
+    images each, normalised as the bank's, by feature."""
+    feats = {}
+    for dataset in sorted({n.split("/", 1)[0] for n in names}):
+        split = load_split(dataset, "train", root)
+        index = {c: i for i, c in enumerate(split.class_names)}
+        for n in (n for n in names if n.split("/", 1)[0] == dataset):
+            c = index.get(n.split("/", 1)[1])
+            if c is None:
+                raise DfmetaError(f"{root}: {dataset}'s meta-train split has no class {n.split('/', 1)[1]!r}")
+            rows = split.images[split.starts[c]:split.starts[c] + min(per_class, int(split.counts[c]))]
+            feats[n] = features(to_input(torch.from_numpy(rows), split.mean, split.std), size)
+    keys = sorted(feats)
+    return {f: [loo_accuracy(feats[p][f], feats[q][f]) for i, p in enumerate(keys) for q in keys[i + 1:]]
+            for f in ("pixels", "colour")}
+
+
+def run_rows(run: Path, size: int, root: Path | None) -> list[list[str]]:
     """Table rows (one per feature) for the bank in ``run``'s checkpoint."""
     ck, bank = stored_bank(run)
-    scores = pair_scores(bank_classes(bank), size)
+    classes = bank_classes(bank)
+    scores = pair_scores(classes, size)
+    if root is not None:
+        per_class = sorted(len(imgs) for _, imgs in classes.values())[len(classes) // 2]
+        real = real_scores(sorted({name for name, _ in classes.values()}), per_class, root, size)
+        for f in scores:
+            scores[f][REAL] = real[f]
     rows = []
     for feat, by_kind in scores.items():
         cells = [f"{sum(v) / len(v):.3f} ({len(v)})" if v else "—" for v in by_kind.values()]
@@ -96,14 +125,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="TGR run directories (with checkpoint.pt)")
     ap.add_argument("--size", type=int, default=8, help="side of the pooled image of the pixels feature")
+    ap.add_argument("--data-root", type=Path, help="score pairs of real meta-train classes too (a dfmeta data root)")
     args = ap.parse_args()
     if args.size < 1:
         raise SystemExit(f"error: --size must be >= 1, got {args.size}")
     try:
-        rows = [row for r in args.runs for row in run_rows(r, args.size)]
+        rows = [row for r in args.runs for row in run_rows(r, args.size, args.data_root)]
     except DfmetaError as e:
         raise SystemExit(f"error: {e}")
-    header = ["run", "epoch", "feature", *(f"{k}: accuracy (pairs)" for k in KINDS)]
+    kinds = KINDS + ((REAL,) if args.data_root else ())
+    header = ["run", "epoch", "feature", *(f"{k}: accuracy (pairs)" for k in kinds)]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

@@ -219,13 +219,14 @@ def test_bank_classes_counts_repeated_dataset_classes(tmp_path) -> None:
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr
 
 
-def _bank_run(path: Path, style: float, *, seed: int = 0) -> Path:
+def _bank_run(path: Path, style: float, *, seed: int = 0, dataset: str = "") -> Path:
     """A run directory whose checkpoint holds a bank of three teachers sharing dataset class "a" (and 0 and 1 "b"):
     each class is its name's fixed pattern plus noise, each teacher's images shifted by ``style`` times its own
     colour offset (a generator's style)."""
     import torch
     g = torch.Generator().manual_seed(seed)
-    names = [["a", "b", "c", "d", "e"], ["a", "b", "f", "g", "h"], ["a", "i", "j", "k", "l"]]
+    names = [[dataset + n for n in t] for t in ([["a", "b", "c", "d", "e"], ["a", "b", "f", "g", "h"],
+                                               ["a", "i", "j", "k", "l"]])]
     pattern = {n: torch.rand(3, 8, 8, generator=g) for n in sorted({n for t in names for n in t})}
     tasks = []
     for teacher, task_names in enumerate(names):
@@ -266,3 +267,42 @@ def test_generator_style_tells_generators_apart_only_when_they_differ(tmp_path) 
     assert acc[("runs/plain", "pixels")][0] < 0.7 and acc[("runs/plain", "pixels")][1] > 0.95
     bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr
+
+
+def test_generator_style_scores_real_class_pairs(tmp_path) -> None:
+    """With --data-root, every two of the bank's dataset classes are scored on their first real meta-train images
+    (as many as a bank class holds), normalised as the model takes them; an unknown class is a one-line error."""
+    import importlib.util
+
+    import torch
+    spec = importlib.util.spec_from_file_location("generator_style", ROOT / "benchmarks" / "generator_style.py")
+    gs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gs)
+    from dfmeta.data.episodes import to_input
+    from dfmeta.data.registry import load_split
+    split = load_split("embedded", "train")
+    names = split.class_names[:12]
+    run = _bank_run(tmp_path / "runs" / "r", 1.0, dataset="embedded/")
+    # rename the bank's classes a..l to the embedded split's first 12 classes
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    letters = "abcdefghijkl"
+    for task in ck["extra"]["bank"]["tasks"]:
+        task["names"] = [f"embedded/{names[letters.index(n[-1])]}" for n in task["names"]]
+    torch.save(ck, run / "checkpoint.pt")
+    script = str(ROOT / "benchmarks" / "generator_style.py")
+    r = subprocess.run([sys.executable, script, str(run), "--size", "4", "--data-root", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "two real classes: accuracy (pairs)" in r.stdout
+    first = lambda c: to_input(torch.from_numpy(split.images[split.starts[c]:split.starts[c] + 16]),  # noqa: E731
+                               split.mean, split.std)
+    expected = sum(gs.loo_accuracy(gs.features(first(i), 4)["colour"], gs.features(first(j), 4)["colour"])
+                   for i in range(12) for j in range(i + 1, 12)) / 66
+    colour = next(line for line in r.stdout.splitlines() if "| colour |" in line)
+    assert colour.strip(" |").split(" | ")[-1] == f"{expected:.3f} (66)"
+    for task in ck["extra"]["bank"]["tasks"]:
+        task["names"][0] = "embedded/no_such_class"
+    torch.save(ck, run / "checkpoint.pt")
+    bad = subprocess.run([sys.executable, script, str(run), "--data-root", str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "no class 'no_such_class'" in bad.stderr

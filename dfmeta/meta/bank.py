@@ -101,7 +101,8 @@ def split_tasks(x: Tensor, k_shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 
 class MemoryBank:
-    """FIFO bank of recovered tasks (images ``[n, C, H, W]`` in [0, 1] kept on their device, labels, teacher).
+    """FIFO bank of recovered tasks (images ``[n, C, H, W]`` as the meta-model takes them, e.g. normalised, kept on
+    their device; labels; teacher).
 
     ``mix``: interpolated tasks draw their classes ``across`` all stored tasks (the paper), or ``within`` one
     teacher's classes (an ablation: no task mixes the images of two teachers' generators), or across all stored
