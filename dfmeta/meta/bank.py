@@ -180,7 +180,7 @@ class MemoryBank:
                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Interpolated tasks: each draws ``n_way`` distinct classes (see ``mix``), then ``k_shot`` support and
         ``n_query`` query images of each (without replacement). Returns xs ``[T, N*K, C, H, W]``, ys ``[T, N*K]``,
-        xq ``[T, N*Q, C, H, W]``, yq ``[T, N*Q]`` (images in [0, 1], grouped by class; labels 0..N-1). Random draws use
+        xq ``[T, N*Q, C, H, W]``, yq ``[T, N*Q]`` (images as stored, grouped by class; labels 0..N-1). Random draws use
         ``generator`` on its device, the gather happens on the images' device; deterministic given the generator.
         """
         if min(n_tasks, n_way, k_shot, n_query) < 1:
