@@ -1,7 +1,7 @@
 """How far the images in a TGR run's memory bank are told apart by the generator that made them rather than by
 their class: a model-free reading of why replay tasks that mix several teachers' classes are easy.
 
-    python benchmarks/generator_style.py RUN_DIR [RUN_DIR ...] [--size 8] [--data-root ../shared/data]
+    python benchmarks/generator_style.py RUN_DIR [RUN_DIR ...] [--size 8] [--data-root ../shared/data] [--equalise]
 
 Reads each run's ``checkpoint.pt`` (the bank of its last checkpoint; its tasks must carry class names). Every two
 teacher classes (teacher, label) of the bank form a pair of one of three kinds:
@@ -17,7 +17,9 @@ is chance. If *same class, two generators* pairs score well above 0.5, a generat
 if *two classes, two generators* pairs score above *two classes, one generator*, styles add to the classes'
 differences, so tasks whose classes come from several generators are easier. With ``--data-root``, a fourth
 column scores every two of the bank's dataset classes on real meta-train images (the first ones of each class, as
-many as a bank class holds; the teachers' training data, read for this reference only). Recorded:
+many as a bank class holds; the teachers' training data, read for this reference only). ``--equalise`` first
+standardises each stored task's channels (mean 0, std 1 over all of a teacher's images): what is left once a
+generator's overall colour statistics are taken away. Recorded:
 docs/results/cpu-2026-12-07-generator-style.md.
 """
 
@@ -104,9 +106,18 @@ def real_scores(names: list[str], per_class: int, root: Path, size: int) -> dict
             for f in ("pixels", "colour")}
 
 
-def run_rows(run: Path, size: int, root: Path | None) -> list[list[str]]:
+def equalise(bank: dict) -> None:
+    """Standardise each stored task's channels over all its images (in place): mean 0, standard deviation 1."""
+    for task in bank["tasks"]:
+        x = task["images"].float()
+        task["images"] = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+
+
+def run_rows(run: Path, size: int, root: Path | None, equalised: bool = False) -> list[list[str]]:
     """Table rows (one per feature) for the bank in ``run``'s checkpoint."""
     ck, bank = stored_bank(run)
+    if equalised:
+        equalise(bank)
     classes = bank_classes(bank)
     scores = pair_scores(classes, size)
     if root is not None:
@@ -126,11 +137,12 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="TGR run directories (with checkpoint.pt)")
     ap.add_argument("--size", type=int, default=8, help="side of the pooled image of the pixels feature")
     ap.add_argument("--data-root", type=Path, help="score pairs of real meta-train classes too (a dfmeta data root)")
+    ap.add_argument("--equalise", action="store_true", help="standardise each teacher's channels first")
     args = ap.parse_args()
     if args.size < 1:
         raise SystemExit(f"error: --size must be >= 1, got {args.size}")
     try:
-        rows = [row for r in args.runs for row in run_rows(r, args.size, args.data_root)]
+        rows = [row for r in args.runs for row in run_rows(r, args.size, args.data_root, args.equalise)]
     except DfmetaError as e:
         raise SystemExit(f"error: {e}")
     kinds = KINDS + ((REAL,) if args.data_root else ())

@@ -265,6 +265,12 @@ def test_generator_style_tells_generators_apart_only_when_they_differ(tmp_path) 
     assert [c.split()[1] for c in rows[("runs/styled", "pixels")]] == ["(4)", "(30)", "(71)"]
     assert acc[("runs/styled", "colour")][0] > 0.95 and acc[("runs/styled", "pixels")][0] > 0.95
     assert acc[("runs/plain", "pixels")][0] < 0.7 and acc[("runs/plain", "pixels")][1] > 0.95
+    # --equalise takes each teacher's colour offset away: its one class then looks like the others' copies
+    eq = subprocess.run([sys.executable, script, str(styled), "--size", "4", "--equalise"], capture_output=True,
+                        text=True, timeout=300)
+    assert eq.returncode == 0, eq.stderr
+    colour = next(line for line in eq.stdout.splitlines() if "| colour |" in line)
+    assert float(colour.strip(" |").split(" | ")[3].split()[0]) < 0.7
     bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr
 
