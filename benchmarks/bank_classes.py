@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.bank import stored_bank
+from dfmeta.report.cells import md_table
 
 
 def repeat_probability(multiplicity: list[int], ways: int) -> float:
@@ -66,10 +67,7 @@ def main() -> None:
         rows = [bank_row(r) for r in args.runs]
     except DfmetaError as e:
         raise SystemExit(f"error: {e}")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print("\n".join(md_table(header, rows)))
 
 
 if __name__ == "__main__":

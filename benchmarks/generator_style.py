@@ -36,6 +36,7 @@ from dfmeta.data.episodes import to_input
 from dfmeta.data.registry import load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.bank import stored_bank
+from dfmeta.report.cells import md_table
 
 KINDS = ("same class, two generators", "two classes, one generator", "two classes, two generators")
 REAL = "two real classes"
@@ -147,10 +148,7 @@ def main() -> None:
         raise SystemExit(f"error: {e}")
     kinds = KINDS + ((REAL,) if args.data_root else ())
     header = ["run", "epoch", "feature", *(f"{k}: accuracy (pairs)" for k in kinds)]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    print("\n".join(md_table(header, rows)))
 
 
 if __name__ == "__main__":
