@@ -12,6 +12,8 @@
 #     dfmeta data prepare --dataset cifar-fs --splits train --max-per-class 120 --out .carry/data   (about 20 MiB)
 #   then: bash benchmarks/gpu_paper_rows.sh SECONDS_PER_METHOD [METHOD ...]   (default 90 s; tgr purer bidf-mkd dro)
 #   all of Table 1's CIFAR-FS rows: ... SECONDS finetune best-model average ota dro purer bidf-mkd tgr
+#   TGR with another replay mix (README, "replay mixes"): tgr:MIX, e.g. ... 240 tgr tgr:within tgr:pooled
+#   (each the same time limit, seed and flags, so the report pairs them head to head on meta-val)
 # A time-limited run can be continued later with `--resume RUN_DIR`: the run directories come back whole (checkpoints
 # included) as $OUT/runs.tar.gz.part-aa, -ab, ... (15 MiB pieces); `cat runs.tar.gz.part-* | tar xz` restores them.
 # DEVICE=cpu runs the same plumbing on a CPU (add small settings through EXTRA="--rec-steps 2 ...", and
@@ -39,6 +41,7 @@ for m in $METHODS; do
   echo "== $m, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of meta-training"
   case "$m" in
     tgr) cmd=(train --small-groups merge --zoo .carry/zoo) ;;
+    tgr:*) cmd=(train --small-groups merge --zoo .carry/zoo --replay-mix "${m#tgr:}") ;;
     maml-real) cmd=(baseline maml-real) ;;  # no zoo: the real meta-train split (.carry/data/.../train.npz)
     *) cmd=(baseline "$m" --zoo .carry/zoo) ;;
   esac
