@@ -80,6 +80,11 @@ class RunDir:
         """Append one JSON line to ``metrics.jsonl``."""
         self._append("metrics.jsonl", metrics)
 
+    def record_environment(self, device: torch.device | str) -> None:
+        """Append this call's machine and software (:func:`dfmeta.environment.environment`) to ``env.jsonl``."""
+        from dfmeta.environment import environment
+        self._append("env.jsonl", environment(device))
+
     def log_call(self, **settings: Any) -> None:
         """Append one JSON line to ``calls.jsonl`` (a call that continued the run: its epoch and settings)."""
         self._append("calls.jsonl", settings)

@@ -110,6 +110,9 @@ def test_deferred_meta_test_chain(zoo, tmp_path, monkeypatch):
         (1, True, 1e-9), (2, True, 1e-9), (3, True, 1e-9), (4, False, 0.0)]
     assert json.loads((d / "config.json").read_text())["defer_test"] is True  # the first call's settings
     assert not (run_dir(tmp_path / "a") / "calls.jsonl").exists()  # a run never continued has none
+    envs = [json.loads(x) for x in (d / "env.jsonl").read_text().splitlines()]  # each call's machine and build
+    assert len(envs) == 5 and all(e["torch"] == torch.__version__ and e["cpu"] and "gpu" not in e for e in envs)
+    assert len((run_dir(tmp_path / "a") / "env.jsonl").read_text().splitlines()) == 1
 
 
 def test_prefetched_recovery_equals_per_epoch(zoo, tmp_path):

@@ -77,6 +77,7 @@ def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:
                           f"({len(zoo)} models)")
     t0 = zoo[0]
     run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "igr-vs-erm", cfg.seed, cfg)
+    run.record_environment(device)
     model = build(cfg.arch, t0.num_classes, t0.image_size, t0.in_channels, bn="batch").to(device)
     init = {k: v.to(device) for k, v in params_of(model).items()}
     params = {v: {k: p.clone().requires_grad_(True) for k, p in init.items()} for v in VARIANTS}

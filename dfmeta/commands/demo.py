@@ -86,6 +86,7 @@ def run_demo(cfg: DemoConfig) -> None:
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     run = RunDir.new(cfg.out_dir, "embedded", "demo", cfg.seed, cfg)
+    run.record_environment(device)
     print(f"run directory: {run.path}\n[1/3] building a zoo of {cfg.teachers} teachers on the embedded dataset")
     train_split = load_split("embedded", "train", image_size=cfg.image_size)
     build_zoo(run.path / "zoo", train_split, "embedded",

@@ -69,6 +69,7 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     inp = BaselineInput(cfg.arch, cfg.ways, splits[0].image_size, splits[0].channels, cfg.seed, zoo, device)
     init = BASELINES[cfg.method](inp)
     run = RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
+    run.record_environment(device)
     results = evaluate_init(init, cfg, splits, device, run, cfg.method)
     run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
     print(f"run directory: {run.path}")

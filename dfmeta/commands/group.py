@@ -94,6 +94,7 @@ def run_group(cfg: GroupCommandConfig) -> None:
     if gcfg.probe_weights:
         load_probe(gcfg, torch.device("cpu"))  # a bad weights file fails now, not after the recovery
     run = RunDir(cfg.run_dir, cfg) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed, cfg)
+    run.record_environment(device)
     big = max(zoo.teachers, key=lambda t: t.image_size ** 2 * t.num_classes)
     chunk = cfg.chunk or teachers_per_batch(rcfg, big.image_size, device, big.num_classes)
 

@@ -15,7 +15,8 @@ beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra
   data), so the last call carries little more than ``best.pt``;
 - one meta-test of the selected model at every K of ``shots``, written to ``results.json``;
 - ``calls.jsonl``: each call that continued the run from a checkpoint, with the epoch and the settings it gave
-  (:data:`CALL_SETTINGS`; ``config.json`` keeps the first call's).
+  (:data:`CALL_SETTINGS`; ``config.json`` keeps the first call's);
+- ``env.jsonl``: each call's machine and software (:func:`dfmeta.environment.environment`).
 
 Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
 run continues exactly as the uninterrupted one would have.
@@ -245,6 +246,7 @@ class MetaTrainer:
                 print(f"run already finished: {done}")
                 return res
             self.reopen(res)
+        self.run.record_environment(self.device)
         if self.load_checkpoint():
             print(f"resumed from epoch {self.epoch}", flush=True)
             self.run.log_call(from_epoch=self.epoch, **{k: getattr(cfg, k) for k in CALL_SETTINGS})

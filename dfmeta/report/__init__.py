@@ -4,7 +4,7 @@ Modules: :mod:`~dfmeta.report.collect` (find and parse runs), :mod:`~dfmeta.repo
 footnotes naming the runs), :mod:`~dfmeta.report.tables` (Table 1, scenarios, ablations, Fig. 6),
 :mod:`~dfmeta.report.analyses` (Fig. 4, Fig. 5), :mod:`~dfmeta.report.curves` (meta-val against epoch),
 :mod:`~dfmeta.report.diagnostics` (per-epoch training logs),
-:mod:`~dfmeta.report.groups` (the task groups), :mod:`~dfmeta.report.plots` (matplotlib, optional),
+:mod:`~dfmeta.report.groups` (the task groups), :mod:`~dfmeta.report.machines` (where the runs ran), :mod:`~dfmeta.report.plots` (matplotlib, optional),
 :mod:`~dfmeta.report.paper` (the paper's numbers, shown in rows of their own).
 """
 
@@ -20,6 +20,7 @@ from dfmeta.report.collect import Collection, collect
 from dfmeta.report.curves import curves_section
 from dfmeta.report.diagnostics import diagnostics_section
 from dfmeta.report.groups import groups_section
+from dfmeta.report.machines import machines_section
 from dfmeta.report.plots import MISSING, PlotSink, fig6_png
 from dfmeta.report.tables import Tables, dataset_name, other_table, render_tables, unfinished_table
 from dfmeta.runs import atomic_write
@@ -53,6 +54,7 @@ def build_report(paths: Sequence[str], out: str = "", plots: str = "") -> str:
     lines += analysis_lines + other_table(tables.other) + unfinished_table(found.unfinished)
     trained = [*found.runs, *found.unfinished]
     lines += curves_section(trained, sink) + diagnostics_section(trained) + groups_section(found.runs)
+    lines += machines_section(found.runs + found.analyses + found.unfinished)
     lines += left_out(found, [(r.path, f"unknown analysis {(r.analysis or {}).get('analysis')!r}") for r in unknown])
     text = "\n".join(lines).rstrip() + "\n"
     if out:

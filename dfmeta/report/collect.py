@@ -58,7 +58,8 @@ def read_object(path: Path) -> dict[str, Any]:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The lines of ``metrics.jsonl`` (none if absent); a malformed line is an error naming file and line."""
+    """The lines of a JSON-lines file (``metrics.jsonl``, ``env.jsonl``; none if absent); a malformed line is an
+    error naming file and line."""
     if not path.is_file():
         return []
     rows = []
@@ -84,6 +85,8 @@ class Run:
     analysis: dict[str, Any] | None = None
     """``analysis.json`` of an analysis run."""
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    envs: list[dict[str, Any]] = field(default_factory=list)
+    """``env.jsonl``: the machine and software of each call (none for runs made before dfmeta recorded them)."""
     archs: tuple[str, ...] | None = None
     """Architectures of the zoo's teachers (None: no zoo, or its manifest was not found)."""
     zoo_note: str = ""
@@ -296,7 +299,7 @@ def config_defaults(method: str) -> dict[str, Any]:
 
 def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     """Parse one run directory or record (config.json unless given, results.json or analysis.json,
-    metrics.jsonl)."""
+    metrics.jsonl, env.jsonl)."""
     config = read_object(run_file(path, "config.json")) if config is None else config
     results = read_object(run_file(path, "results.json")) if run_file(path, "results.json").is_file() else None
     analysis = read_object(run_file(path, "analysis.json")) if run_file(path, "analysis.json").is_file() else None
@@ -312,7 +315,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
                               "'results' (evaluation run)")
     else:
         kind = "train" if "val_every" in config else "evaluate" if "split" in config else "analysis"
-    run = Run(path, kind, config, results, analysis, read_metrics(run_file(path, "metrics.jsonl")))
+    run = Run(path, kind, config, results, analysis, read_metrics(run_file(path, "metrics.jsonl")),
+              read_metrics(run_file(path, "env.jsonl")))
     if kind == "train":  # a run older than a config field had that field's default
         run.defaults = config_defaults(run.method)
         run.config = {**run.defaults, **config}
