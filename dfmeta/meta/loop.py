@@ -360,7 +360,7 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
     try:
         return trainer_cls(cfg, run).fit()
     except DfmetaError:
-        if not cfg.resume and [f.name for f in run.path.iterdir()] == ["config.json"]:
+        if not cfg.resume and {f.name for f in run.path.iterdir()} <= {"config.json", "env.jsonl"}:
             shutil.rmtree(run.path)  # bad input caught before any work: leave no empty run directory behind
             if made_root and not any(run.path.parent.iterdir()):
                 run.path.parent.rmdir()
