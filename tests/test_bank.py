@@ -269,3 +269,36 @@ def test_errors():
         bank.add(SimpleNamespace(images=torch.zeros(4, 1, 2, 2), labels=torch.zeros(3, dtype=torch.long), teacher=1))
     with pytest.raises(DfmetaError):
         MemoryBank(capacity=0)
+
+
+@pytest.mark.parametrize("mix", ["within", "across"])
+def test_cue_casts_each_class_of_a_task_alike_and_leaves_the_draw(mix):
+    """cue: the same images as without it (the same generator), each (task, class) shifted by one offset per channel,
+    support and query alike; offsets differ between the classes of a task, with about the asked spread."""
+    plain, cast = MemoryBank(mix=mix), MemoryBank(mix=mix, cue=0.5)
+    for t in range(4):
+        tk = task(t)
+        images = tk.images.repeat(1, 3, 1, 1)  # three channels, the same code in each
+        for b in (plain, cast):
+            b.add(SimpleNamespace(images=images, labels=tk.labels, teacher=t))
+    n_tasks, n_way, k, q = 200, 5, 1, 3
+    a, b = plain.sample_tasks(n_tasks, n_way, k, q, gen(3)), cast.sample_tasks(n_tasks, n_way, k, q, gen(3))
+    assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
+    shift_s = (b[0] - a[0]).view(n_tasks, n_way, k, 3, 4)       # support images are class-major
+    shift_q = (b[2] - a[2]).view(n_tasks, n_way, q, 3, 4)
+    offset = shift_s[:, :, :1, :, :1]                           # [T, N, 1, C, 1]
+    close = dict(rtol=0, atol=1e-4)                             # float32 rounding of image codes up to ~1e3
+    assert torch.allclose(shift_s, offset.expand_as(shift_s), **close)
+    assert torch.allclose(shift_q, offset.expand_as(shift_q), **close)
+    per_class = offset.flatten(2)                               # [T, N, C]
+    assert (per_class[:, 0] - per_class[:, 1]).abs().min() > 0  # the classes of a task are cast differently
+    assert 0.4 < float(per_class.std()) < 0.6
+
+
+def test_cue_must_not_be_negative():
+    with pytest.raises(DfmetaError, match="cue must be >= 0"):
+        MemoryBank(cue=-0.1)
+    from dfmeta.config import make
+    from dfmeta.meta.trainer import TrainConfig
+    with pytest.raises(DfmetaError, match="replay_cue"):
+        make(TrainConfig, {"zoo": "z", "replay_cue": -1.0})

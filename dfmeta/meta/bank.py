@@ -112,16 +112,22 @@ class MemoryBank:
     them, each shown by one stored teacher's copy of it, drawn uniformly (``one-copy``), or classes drawn as
     ``distinct`` draws them, each shown by the pooled images of its dataset class (``distinct-pooled``). ``distinct``,
     ``one-copy`` and ``distinct-pooled`` are ablations that take pooled's changes apart.
+
+    ``cue``: add to every image of a task's class one per-channel offset, drawn per task and class from N(0, cue^2)
+    (an ablation: a colour cast that tells a task's classes apart without their content, as a generator's style can;
+    0: off, the images as stored).
     """
 
     MIXES = ReplayMix.__args__
 
-    def __init__(self, capacity: int = 20, mix: str = "across") -> None:
+    def __init__(self, capacity: int = 20, mix: str = "across", cue: float = 0.0) -> None:
         if capacity < 1:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
+        if not cue >= 0:
+            raise DfmetaError(f"memory bank: cue must be >= 0, got {cue}")
         if mix not in self.MIXES:
             raise DfmetaError(f"memory bank: mix must be one of {', '.join(self.MIXES)}; got {mix!r}")
-        self.capacity, self.mix = capacity, mix
+        self.capacity, self.mix, self.cue = capacity, mix, cue
         self._tasks: list[dict[str, Any]] = []
         self._pool: tuple[Tensor, Tensor, Tensor, list[Hashable]] | None = None
 
@@ -196,6 +202,9 @@ class MemoryBank:
         if self.mix == "distinct-pooled":
             order, rows = self._pooled_rows(cls, k_shot + n_query, generator)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
+        if self.cue:  # drawn after the rows: the same generator gives the same images, cast or not
+            cast = torch.randn((*x.shape[:2], 1, x.shape[3], 1, 1), generator=generator, device=generator.device)
+            x = x + (self.cue * cast).to(x.device, x.dtype)
         return split_tasks(x, k_shot)
 
     def _pooled_rows(self, cls: Tensor, need: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -114,6 +114,10 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     a task (distinct: an ablation), or draw dataset classes as pooled does, each shown by one stored teacher's copy
     (one-copy: an ablation, pooled without mixing generators' images in a class), or draw as distinct and show each
     class by the pooled images of its dataset class (distinct-pooled: an ablation, the mixing without pooled's draw)."""
+    replay_cue: float = 0.0
+    """Add to each class of a replay task a colour cast (a per-channel offset drawn per task and class from
+    N(0, cue^2), on the normalised images): an ablation that gives replay tasks a shortcut that is not the classes'
+    content, as images of different generators offer under the across mix (0: off, the paper)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
@@ -142,6 +146,7 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
             (self.rec_prefetch >= 0, "rec_prefetch", ">= 0"),
             (self.replay_max_batches >= 0, "replay_max_batches", ">= 0 (0: no cap)"),
             (self.replay_patience >= 1, "replay_patience", ">= 1"),
+            (self.replay_cue >= 0, "replay_cue", ">= 0 (0: off)"),
             (not self.replay or self.rec_per_class >= self.train_shot + self.replay_queries, "rec_per_class",
              f">= train_shot + replay_queries = {self.train_shot + self.replay_queries} (a replay task takes that many "
              f"images of a recovered class; or lower --replay-queries)"),
@@ -156,7 +161,7 @@ class Trainer(MetaTrainer):
 
     def __init__(self, cfg: TrainConfig, run) -> None:
         super().__init__(cfg, run)
-        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix)
+        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix, cfg.replay_cue)
         self.groups: np.ndarray | None = None
         self.group_W: np.ndarray | None = None  # W of the grouped teachers, when known (for small_groups="fewer")
         self.group_seed = GroupingConfig.seed
