@@ -15,7 +15,11 @@ average-pooled to ``size`` x ``size`` pixels (``pixels``), and each channel's me
 (``colour``, six numbers that carry a generator's colour statistics and almost nothing of the class's shape). 0.5
 is chance. If *same class, two generators* pairs score well above 0.5, a generator's style alone tells images apart;
 if *two classes, two generators* pairs score above *two classes, one generator*, styles add to the classes'
-differences, so tasks whose classes come from several generators are easier. With ``--data-root``, a fourth
+differences, so tasks whose classes come from several generators are easier. A third row per run, ``mean gap``,
+is no accuracy but a size: the root mean square over channels of the difference between the two classes' mean
+images' channel averages, averaged over the pairs of a kind; ``dfmeta train --replay-cue C`` adds C·√2 in
+quadrature to every pair of a replay task, so C ≈ √(gap(two generators)² − gap(one generator)²)/√2 matches the
+colour part of the style the ``across`` mix offers. With ``--data-root``, a fourth
 column scores every two of the bank's dataset classes on real meta-train images (the first ones of each class, as
 many as a bank class holds; the teachers' training data, read for this reference only). ``--equalise`` first
 standardises each stored task's channels (mean 0, std 1 over all of a teacher's images): what is left once a
@@ -51,6 +55,18 @@ def features(images: Tensor, size: int) -> dict[str, Tensor]:
     return {"pixels": pixels, "colour": colour}
 
 
+FEATURES = ("pixels", "colour", "mean gap")
+"""Rows per run: two accuracies (leave-one-out, 0.5 chance), then the channel-mean gap (a size, see the top)."""
+
+
+def pair_values(fa: dict[str, Tensor], fb: dict[str, Tensor]) -> dict[str, float]:
+    """The accuracy of each feature and the channel-mean gap of two classes' :func:`features`."""
+    channels = fa["colour"].shape[1] // 2
+    gap = (fa["colour"][:, :channels].mean(0) - fb["colour"][:, :channels].mean(0)).pow(2).mean().sqrt()
+    return {"pixels": loo_accuracy(fa["pixels"], fb["pixels"]), "colour": loo_accuracy(fa["colour"], fb["colour"]),
+            "mean gap": float(gap)}
+
+
 def loo_accuracy(a: Tensor, b: Tensor) -> float:
     """Leave-one-out nearest-centroid accuracy of telling the rows of ``a`` from those of ``b`` (each row is left out
     of its own class's centroid; each class needs two rows)."""
@@ -77,15 +93,15 @@ def pair_scores(classes: dict[tuple[int, int], tuple[str, Tensor]], size: int) -
     """Accuracy of every pair of classes with two or more images, by feature and kind of pair."""
     feats = {k: features(imgs, size) for k, (_, imgs) in classes.items() if len(imgs) >= 2}
     keys = sorted(feats)
-    scores: dict[str, dict[str, list[float]]] = {f: {kind: [] for kind in KINDS} for f in ("pixels", "colour")}
+    scores: dict[str, dict[str, list[float]]] = {f: {kind: [] for kind in KINDS} for f in FEATURES}
     for i, p in enumerate(keys):
         for q in keys[i + 1:]:
             same_class, same_teacher = classes[p][0] == classes[q][0], p[0] == q[0]
             if same_class and same_teacher:
                 continue
             kind = KINDS[0] if same_class else KINDS[1] if same_teacher else KINDS[2]
-            for f in scores:
-                scores[f][kind].append(loo_accuracy(feats[p][f], feats[q][f]))
+            for f, value in pair_values(feats[p], feats[q]).items():
+                scores[f][kind].append(value)
     return scores
 
 
@@ -103,8 +119,8 @@ def real_scores(names: list[str], per_class: int, root: Path, size: int) -> dict
             rows = split.images[split.starts[c]:split.starts[c] + min(per_class, int(split.counts[c]))]
             feats[n] = features(to_input(torch.from_numpy(rows), split.mean, split.std), size)
     keys = sorted(feats)
-    return {f: [loo_accuracy(feats[p][f], feats[q][f]) for i, p in enumerate(keys) for q in keys[i + 1:]]
-            for f in ("pixels", "colour")}
+    pairs = [pair_values(feats[p], feats[q]) for i, p in enumerate(keys) for q in keys[i + 1:]]
+    return {f: [v[f] for v in pairs] for f in FEATURES}
 
 
 def equalise(bank: dict) -> None:
@@ -147,7 +163,7 @@ def main() -> None:
     except DfmetaError as e:
         raise SystemExit(f"error: {e}")
     kinds = KINDS + ((REAL,) if args.data_root else ())
-    header = ["run", "epoch", "feature", *(f"{k}: accuracy (pairs)" for k in kinds)]
+    header = ["run", "epoch", "feature", *(f"{k} (pairs)" for k in kinds)]
     print("\n".join(md_table(header, rows)))
 
 

@@ -265,6 +265,11 @@ def test_generator_style_tells_generators_apart_only_when_they_differ(tmp_path) 
     assert [c.split()[1] for c in rows[("runs/styled", "pixels")]] == ["(4)", "(30)", "(71)"]
     assert acc[("runs/styled", "colour")][0] > 0.95 and acc[("runs/styled", "pixels")][0] > 0.95
     assert acc[("runs/plain", "pixels")][0] < 0.7 and acc[("runs/plain", "pixels")][1] > 0.95
+    # the channel-mean gap: the teachers' colour offsets (uniform in [-1, 1] per channel) apart, ~0 without them
+    assert acc[("runs/styled", "mean gap")][0] > 0.3 and acc[("runs/plain", "mean gap")][0] < 0.05
+    a, b = torch.rand(6, 3, 4, 4), torch.rand(5, 3, 4, 4) + torch.tensor([0.3, 0.0, -0.3]).view(1, 3, 1, 1)
+    gap = gs.pair_values(gs.features(a, 2), gs.features(b, 2))["mean gap"]
+    assert abs(gap - float((a.mean((0, 2, 3)) - b.mean((0, 2, 3))).pow(2).mean().sqrt())) < 1e-6
     # --equalise takes each teacher's colour offset away: its one class then looks like the others' copies
     eq = subprocess.run([sys.executable, script, str(styled), "--size", "4", "--equalise"], capture_output=True,
                         text=True, timeout=300)
@@ -299,7 +304,7 @@ def test_generator_style_scores_real_class_pairs(tmp_path) -> None:
     r = subprocess.run([sys.executable, script, str(run), "--size", "4", "--data-root", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "two real classes: accuracy (pairs)" in r.stdout
+    assert "two real classes (pairs)" in r.stdout
     first = lambda c: to_input(torch.from_numpy(split.images[split.starts[c]:split.starts[c] + 16]),  # noqa: E731
                                split.mean, split.std)
     expected = sum(gs.loo_accuracy(gs.features(first(i), 4)["colour"], gs.features(first(j), 4)["colour"])
