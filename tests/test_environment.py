@@ -65,3 +65,16 @@ def test_report_lists_each_machine_with_its_runs_and_calls(tmp_path):
     (tmp_path / "a_env.jsonl").unlink()
     (tmp_path / "b_env.jsonl").unlink()
     assert "## Machines" not in build_report([str(tmp_path)])  # no run recorded one: no section
+
+
+def test_same_machine_of_two_runs():
+    from dfmeta.report.collect import Run
+    from dfmeta.report.machines import same_machine
+    box, other = {"cpu": "A", "torch": "2.13"}, {"cpu": "B", "torch": "2.13"}
+
+    def run(*envs: dict) -> Run:
+        return Run(Path("r"), "train", {}, envs=list(envs))
+    assert same_machine(run(box, box), run(box)) == "yes"
+    assert same_machine(run(box), run(other)) == "no"
+    assert same_machine(run(box, other), run(box, other)) == "no"  # calls on two machines: not one machine
+    assert same_machine(run(box), run()) == "—"

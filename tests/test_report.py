@@ -406,7 +406,7 @@ def test_head_to_head_pairs_runs_on_the_same_episodes(tmp_path, monkeypatch) -> 
     section = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation")
     head = section.split("### Head to head")[1].split("### Over the common epochs")[0]
     # common epochs 2, 4, 6: differences +1.0, -0.5, +2.0
-    assert "| `a` | `b` | 3 | 2 | 1 | +0.83 |" in head
+    assert "| `a` | `b` | 3 | 2 | 1 | +0.83 | — |" in head  # neither recorded its machine
     assert "`c`" not in head
     monkeypatch.setattr(curves, "MAX_PAIRED", 1)
     head = table(build_report([str(tmp_path)], str(tmp_path / "r.md")), "Meta-validation").split("### Head to head")[1]

@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 
 from dfmeta.report.cells import md_table, short
 from dfmeta.report.collect import Run
+from dfmeta.report.machines import same_machine
 from dfmeta.report.plots import PlotSink, val_curves_png
 from dfmeta.report.tables import method_name
 
@@ -111,13 +112,16 @@ def head_to_head(curves: dict[str, tuple[Run, list[tuple[int, float]]]]) -> list
             diffs = [va[e] - vb[e] for e in sorted(set(va) & set(vb))]
             if diffs:
                 rows.append([f"`{a}`", f"`{b}`", str(len(diffs)), str(sum(d > 0 for d in diffs)),
-                             str(sum(d < 0 for d in diffs)), f"{sum(diffs) / len(diffs):+.2f}"])
+                             str(sum(d < 0 for d in diffs)), f"{sum(diffs) / len(diffs):+.2f}",
+                             same_machine(curves[a][0], curves[b][0])])
     if not rows and not crowded:
         return []
     lines = ["### Head to head", "", "Runs that met the same meta-val episodes (same dataset, protocol and episode "
-             "seed), paired at the epochs both validated.", ""]
+             "seed), paired at the epochs both validated; same machine: every call of both on one machine and build "
+             "(see Machines; — where a run recorded none).", ""]
     if rows:
-        lines += md_table(["run A", "run B", "common validations", "A ahead", "B ahead", "mean A − B"], rows) + [""]
+        lines += md_table(["run A", "run B", "common validations", "A ahead", "B ahead", "mean A − B",
+                           "same machine"], rows) + [""]
     lines += [f"- {n} runs met one set of episodes: too many to pair (at most {MAX_PAIRED}); report fewer together."
               for n in crowded]
     return lines + ([""] if crowded else [])

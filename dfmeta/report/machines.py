@@ -8,6 +8,14 @@ from dfmeta.report.cells import md_table
 from dfmeta.report.collect import Run
 
 
+def same_machine(a: Run, b: Run) -> str:
+    """yes: every call of both runs on one machine and software; no: they differ; —: a run recorded none."""
+    if not a.envs or not b.envs:
+        return "—"
+    sets = [{describe(e)[:2] for e in r.envs} for r in (a, b)]
+    return "yes" if len(sets[0]) == 1 and sets[0] == sets[1] else "no"
+
+
 def machines_section(runs: list[Run]) -> list[str]:
     """``## Machines``: one row per (machine, software, source) with the runs and calls that used it."""
     seen: dict[tuple[str, str, str], dict[str, int]] = {}
@@ -33,4 +41,4 @@ def machines_section(runs: list[Run]) -> list[str]:
     return lines
 
 
-__all__ = ["machines_section"]
+__all__ = ["machines_section", "same_machine"]
