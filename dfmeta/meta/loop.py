@@ -14,8 +14,10 @@ beyond the meta-model and its optimizer, :meth:`extra_state` / :meth:`load_extra
   ``--resume`` meta-tests the finished run. A finished run's checkpoint drops training buffers (memory banks, pseudo
   data), so the last call carries little more than ``best.pt``;
 - one meta-test of the selected model at every K of ``shots``, written to ``results.json``;
-- ``calls.jsonl``: each call that continued the run from a checkpoint, with the epoch and the settings it gave
-  (:data:`CALL_SETTINGS`; ``config.json`` keeps the first call's);
+- ``calls.jsonl``: each call that continued the run from a checkpoint, with the epoch, the seconds of training
+  before it (``train_seconds`` of the checkpoint: wall clock of the training loops, validations included, over all
+  calls; a time limit counts per call) and the settings it gave (:data:`CALL_SETTINGS`; ``config.json`` keeps the
+  first call's);
 - ``env.jsonl``: each call's machine and software (:func:`dfmeta.environment.environment`).
 
 Every random choice of an epoch should come from :func:`epoch_seed` ``(seed, epoch, stream)``, so that a resumed
@@ -141,6 +143,8 @@ class MetaTrainer:
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
         self.epoch = 0
         self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
+        self.seconds_before = 0.0  # wall-clock seconds of training of earlier calls, up to their last checkpoint
+        self.call_start: float | None = None  # when this call's training loop started
         self.val = cfg.evaluator(self.val_splits, cfg.train_shot, self.device, cfg.val_episodes)
 
     # ------------------------------------------------------------------ what a method writes
@@ -199,7 +203,11 @@ class MetaTrainer:
         keep = self.epoch < self.cfg.epochs or self.keeps_final_state
         return {"epoch": self.epoch, "params": {k: v.detach().cpu() for k, v in self.params.items()},
                 "opt": self.opt.state_dict(), "best": self.best, "config": to_dict(self.cfg),
-                "extra": self.extra_state() if keep else {}}
+                "extra": self.extra_state() if keep else {}, "train_seconds": self.train_seconds()}
+
+    def train_seconds(self) -> float:
+        """Wall-clock seconds of training (validations included) over all calls, up to now."""
+        return self.seconds_before + (time.perf_counter() - self.call_start if self.call_start is not None else 0.0)
 
     def save_checkpoint(self) -> None:
         atomic_torch_save(self.state(), self.run.path / "checkpoint.pt")
@@ -214,6 +222,7 @@ class MetaTrainer:
                 self.params[k].copy_(v.to(self.device))
         self.opt.load_state_dict(st["opt"])
         self.best, self.epoch = st["best"], st["epoch"]
+        self.seconds_before = float(st.get("train_seconds", 0.0))  # absent in checkpoints written before it was kept
         if st["extra"]:  # a finished run's may have been left out
             self.load_extra_state(st["extra"])
         # metrics written after the checkpoint belong to epochs that will be run again
@@ -248,13 +257,16 @@ class MetaTrainer:
             self.reopen(res)
         self.run.record_environment(self.device)
         if self.load_checkpoint():
-            print(f"resumed from epoch {self.epoch}", flush=True)
-            self.run.log_call(from_epoch=self.epoch, **{k: getattr(cfg, k) for k in CALL_SETTINGS})
+            before = f" after {self.seconds_before:.0f} s of training" if self.seconds_before else ""
+            print(f"resumed from epoch {self.epoch}{before}", flush=True)
+            self.run.log_call(from_epoch=self.epoch, train_seconds_before=round(self.seconds_before, 1),
+                              **{k: getattr(cfg, k) for k in CALL_SETTINGS})
         if self.epoch < cfg.epochs:
             self.setup()
         try:
             ended = self.train_epochs()
         finally:
+            self.seconds_before, self.call_start = self.train_seconds(), None  # the clock stops with training
             self.end_training()
         if ended == "time limit":
             return self.meta_test()
@@ -273,6 +285,7 @@ class MetaTrainer:
         deferred test's time limit only stops it), else ""."""
         cfg = self.cfg
         start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
+        self.call_start = t_start
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep", dynamic_ncols=True)
         while self.epoch < cfg.epochs:
