@@ -110,7 +110,7 @@ def test_deferred_meta_test_chain(zoo, tmp_path, monkeypatch):
         (1, True, 1e-9), (2, True, 1e-9), (3, True, 1e-9), (4, False, 0.0)]
     before = [c["train_seconds_before"] for c in calls]  # training time adds up over the calls
     assert 0 < before[0] < before[1] < before[2] < before[3]
-    assert torch.load(d / "checkpoint.pt", weights_only=False)["train_seconds"] >= before[3]
+    assert torch.load(d / "checkpoint.pt", weights_only=False)["train_seconds"] >= before[3] - 0.05  # logged rounded
     assert json.loads((d / "config.json").read_text())["defer_test"] is True  # the first call's settings
     assert not (run_dir(tmp_path / "a") / "calls.jsonl").exists()  # a run never continued has none
     envs = [json.loads(x) for x in (d / "env.jsonl").read_text().splitlines()]  # each call's machine and build
