@@ -143,7 +143,7 @@ class MetaTrainer:
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
         self.epoch = 0
         self.best: dict[str, Any] = {"acc": -1.0, "epoch": 0}
-        self.seconds_before = 0.0  # wall-clock seconds of training of earlier calls, up to their last checkpoint
+        self.seconds_before = 0.0  # training seconds before this call's loop (the checkpoint's); all, once it ended
         self.call_start: float | None = None  # when this call's training loop started
         self.val = cfg.evaluator(self.val_splits, cfg.train_shot, self.device, cfg.val_episodes)
 

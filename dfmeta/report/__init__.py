@@ -4,7 +4,8 @@ Modules: :mod:`~dfmeta.report.collect` (find and parse runs), :mod:`~dfmeta.repo
 footnotes naming the runs), :mod:`~dfmeta.report.tables` (Table 1, scenarios, ablations, Fig. 6),
 :mod:`~dfmeta.report.analyses` (Fig. 4, Fig. 5), :mod:`~dfmeta.report.curves` (meta-val against epoch),
 :mod:`~dfmeta.report.diagnostics` (per-epoch training logs),
-:mod:`~dfmeta.report.groups` (the task groups), :mod:`~dfmeta.report.machines` (where the runs ran), :mod:`~dfmeta.report.plots` (matplotlib, optional),
+:mod:`~dfmeta.report.groups` (the task groups), :mod:`~dfmeta.report.machines` (where the runs ran),
+:mod:`~dfmeta.report.plots` (matplotlib, optional),
 :mod:`~dfmeta.report.paper` (the paper's numbers, shown in rows of their own).
 """
 
