@@ -60,6 +60,19 @@ def test_resume_after_stop_equals_uninterrupted(zoo, tmp_path):
     assert strip(rows_a) == strip(rows_b)
 
 
+def test_resume_keeps_the_runs_thread_count(zoo, tmp_path):
+    """A resumed call that leaves --threads at 0 keeps the run's count (CPU numbers depend on it); one that gives a
+    count uses it. calls.jsonl logs the count each call ran on."""
+    train(tiny(zoo, tmp_path / "a", threads=1, stop_after=1))
+    d = run_dir(tmp_path / "a")
+    torch.set_num_threads(2)  # the default a fresh process would start with on this machine (one_thread restores)
+    for threads in (0, 2):
+        train(make(TrainConfig, {"resume": str(d), "device": "cpu", "threads": threads, "stop_after": 1}))
+    calls = [json.loads(x) for x in (d / "calls.jsonl").read_text().splitlines()]
+    assert [c["threads"] for c in calls] == [1, 2]
+    assert json.loads((d / "config.json").read_text())["threads"] == 1  # the first call's settings
+
+
 def test_time_limited_run_continues_on_resume(zoo, tmp_path):
     """A run a time limit ended (after epoch 1) is meta-tested then; `--resume` continues it to its configured epochs
     with the same training as an uninterrupted run, keeping the early result as results_epoch1.json."""

@@ -45,7 +45,8 @@ from dfmeta.nets import build, params_of
 from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
-"""Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``)."""
+"""Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
+keeps the run's own count: CPU numbers depend on it, so a resumed run continues as the uninterrupted one would."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ class MetaTrainer:
         self.run.record_environment(self.device)
         if self.load_checkpoint():
             before = f" after {self.seconds_before:.0f} s of training" if self.seconds_before else ""
-            print(f"resumed from epoch {self.epoch}{before}", flush=True)
+            on = f", {torch.get_num_threads()} torch thread(s)" if self.device.type == "cpu" else ""
+            print(f"resumed from epoch {self.epoch}{before}{on}", flush=True)
             self.run.log_call(from_epoch=self.epoch, train_seconds_before=round(self.seconds_before, 1),
                               **{k: getattr(cfg, k) for k in CALL_SETTINGS})
         if self.epoch < cfg.epochs:
@@ -360,7 +362,9 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
         if not (path / "config.json").is_file():
             raise DfmetaError(f"{path}: not a run directory (no config.json)")
         stored = json.loads((path / "config.json").read_text())
-        stored.update(resume="", **{k: getattr(cfg, k) for k in CALL_SETTINGS})
+        given = {k: getattr(cfg, k) for k in CALL_SETTINGS}
+        given["threads"] = cfg.threads or stored.get("threads", 0)
+        stored.update(resume="", **given)
         cfg = make(type(cfg), stored)
         run = RunDir(path)
     else:
