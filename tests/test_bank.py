@@ -271,11 +271,12 @@ def test_errors():
         MemoryBank(capacity=0)
 
 
-@pytest.mark.parametrize("mix", ["within", "across"])
-def test_cue_casts_each_class_of_a_task_alike_and_leaves_the_draw(mix):
+@pytest.mark.parametrize("mix, scope", [("within", "class"), ("across", "class"), ("within", "task")])
+def test_cue_casts_each_class_of_a_task_alike_and_leaves_the_draw(mix, scope):
     """cue: the same images as without it (the same generator), each (task, class) shifted by one offset per channel,
-    support and query alike; offsets differ between the classes of a task, with about the asked spread."""
-    plain, cast = MemoryBank(mix=mix), MemoryBank(mix=mix, cue=0.5)
+    support and query alike; offsets differ between the classes of a task (scope class) or are one per task (scope
+    task, the control), with about the asked spread."""
+    plain, cast = MemoryBank(mix=mix), MemoryBank(mix=mix, cue=0.5, cue_scope=scope)
     for t in range(4):
         tk = task(t)
         images = tk.images.repeat(1, 3, 1, 1)  # three channels, the same code in each
@@ -291,14 +292,22 @@ def test_cue_casts_each_class_of_a_task_alike_and_leaves_the_draw(mix):
     assert torch.allclose(shift_s, offset.expand_as(shift_s), **close)
     assert torch.allclose(shift_q, offset.expand_as(shift_q), **close)
     per_class = offset.flatten(2)                               # [T, N, C]
-    assert (per_class[:, 0] - per_class[:, 1]).abs().min() > 0  # the classes of a task are cast differently
+    gap = (per_class[:, 0] - per_class[:, 1]).abs()
+    if scope == "class":
+        assert gap.min() > 0                                    # the classes of a task are cast differently
+    else:
+        assert gap.max() < 1e-4                                 # one cast for the whole task
     assert 0.4 < float(per_class.std()) < 0.6
 
 
 def test_cue_must_not_be_negative():
     with pytest.raises(DfmetaError, match="cue must be >= 0"):
         MemoryBank(cue=-0.1)
+    with pytest.raises(DfmetaError, match="cue_scope must be class or task"):
+        MemoryBank(cue=0.1, cue_scope="pair")
     from dfmeta.config import make
     from dfmeta.meta.trainer import TrainConfig
     with pytest.raises(DfmetaError, match="replay_cue"):
         make(TrainConfig, {"zoo": "z", "replay_cue": -1.0})
+    with pytest.raises(DfmetaError, match="replay_cue_scope"):
+        make(TrainConfig, {"zoo": "z", "replay_cue_scope": "pair"})

@@ -115,19 +115,22 @@ class MemoryBank:
 
     ``cue``: add to every image of a task's class one per-channel offset, drawn per task and class from N(0, cue^2)
     (an ablation: a colour cast that tells a task's classes apart without their content, as a generator's style can;
-    0: off, the images as stored).
+    0: off, the images as stored). ``cue_scope`` ``task`` draws one offset per task for all its classes instead (the
+    control: the same shift of the images, nothing that tells the classes apart).
     """
 
     MIXES = ReplayMix.__args__
 
-    def __init__(self, capacity: int = 20, mix: str = "across", cue: float = 0.0) -> None:
+    def __init__(self, capacity: int = 20, mix: str = "across", cue: float = 0.0, cue_scope: str = "class") -> None:
         if capacity < 1:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
         if not cue >= 0:
             raise DfmetaError(f"memory bank: cue must be >= 0, got {cue}")
+        if cue_scope not in ("class", "task"):
+            raise DfmetaError(f"memory bank: cue_scope must be class or task; got {cue_scope!r}")
         if mix not in self.MIXES:
             raise DfmetaError(f"memory bank: mix must be one of {', '.join(self.MIXES)}; got {mix!r}")
-        self.capacity, self.mix, self.cue = capacity, mix, cue
+        self.capacity, self.mix, self.cue, self.cue_scope = capacity, mix, cue, cue_scope
         self._tasks: list[dict[str, Any]] = []
         self._pool: tuple[Tensor, Tensor, Tensor, list[Hashable]] | None = None
 
@@ -203,7 +206,8 @@ class MemoryBank:
             order, rows = self._pooled_rows(cls, k_shot + n_query, generator)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
         if self.cue:  # drawn after the rows: the same generator gives the same images, cast or not
-            cast = torch.randn((*x.shape[:2], 1, x.shape[3], 1, 1), generator=generator, device=generator.device)
+            ways = x.shape[1] if self.cue_scope == "class" else 1
+            cast = torch.randn((x.shape[0], ways, 1, x.shape[3], 1, 1), generator=generator, device=generator.device)
             x = x + (self.cue * cast).to(x.device, x.dtype)
         return split_tasks(x, k_shot)
 

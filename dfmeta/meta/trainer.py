@@ -118,6 +118,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Add to each class of a replay task a colour cast (a per-channel offset drawn per task and class from
     N(0, cue^2), on the normalised images): an ablation that gives replay tasks a shortcut that is not the classes'
     content, as images of different generators offer under the across mix (0: off, the paper)."""
+    replay_cue_scope: Literal["class", "task"] = "class"
+    """What one colour cast of --replay-cue covers: each class of a task (the cue) or a whole task (the control: the
+    same shift of the images, nothing that tells a task's classes apart)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
@@ -161,7 +164,7 @@ class Trainer(MetaTrainer):
 
     def __init__(self, cfg: TrainConfig, run) -> None:
         super().__init__(cfg, run)
-        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix, cfg.replay_cue)
+        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix, cfg.replay_cue, cfg.replay_cue_scope)
         self.groups: np.ndarray | None = None
         self.group_W: np.ndarray | None = None  # W of the grouped teachers, when known (for small_groups="fewer")
         self.group_seed = GroupingConfig.seed
