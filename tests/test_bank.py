@@ -300,10 +300,37 @@ def test_cue_casts_each_class_of_a_task_alike_and_leaves_the_draw(mix, scope):
     assert 0.4 < float(per_class.std()) < 0.6
 
 
+def test_stored_cue_stays_with_its_class():
+    """cue_scope stored: each stored class keeps one offset in every task that draws it, in every call (a generator's
+    style stays with its classes); the draws are the plain ones (the casts take no random numbers)."""
+    plain, cast = MemoryBank(mix="across"), MemoryBank(mix="across", cue=0.5, cue_scope="stored")
+    for t in range(4):
+        tk = task(t)
+        for b in (plain, cast):
+            b.add(SimpleNamespace(images=tk.images.repeat(1, 3, 1, 1), labels=tk.labels, teacher=t))
+    ga, gb = gen(3), gen(3)
+    offsets: dict[tuple[int, int], list[torch.Tensor]] = {}
+    for _ in range(2):
+        a, b = plain.sample_tasks(50, 5, 1, 3, ga), cast.sample_tasks(50, 5, 1, 3, gb)
+        assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
+        for x, y in ((a[0], b[0]), (a[2], b[2])):
+            teacher, label, _ = decode(x)
+            shift = (y - x)[..., 0, 0]                                  # [T, images, C] at one pixel
+            for key, s in zip(zip(teacher.flatten().tolist(), label.flatten().tolist()), shift.reshape(-1, 3)):
+                offsets.setdefault(key, []).append(s)
+    assert len(offsets) == 20
+    first = {k: v[0] for k, v in offsets.items()}
+    for k, v in offsets.items():
+        assert all(torch.allclose(s, first[k], rtol=0, atol=1e-4) for s in v), k
+    table = torch.stack(list(first.values()))
+    assert torch.cdist(table, table).add(torch.eye(20)).min() > 0  # every class its own cast
+    assert 0.3 < float(table.std()) < 0.7
+
+
 def test_cue_must_not_be_negative():
     with pytest.raises(DfmetaError, match="cue must be >= 0"):
         MemoryBank(cue=-0.1)
-    with pytest.raises(DfmetaError, match="cue_scope must be class or task"):
+    with pytest.raises(DfmetaError, match="cue_scope must be class, task or stored"):
         MemoryBank(cue=0.1, cue_scope="pair")
     from dfmeta.config import make
     from dfmeta.meta.trainer import TrainConfig

@@ -14,6 +14,7 @@ copies of its dataset class): pooled's mixing of generators' images without pool
 from __future__ import annotations
 
 import pickle
+import zlib
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -116,7 +117,9 @@ class MemoryBank:
     ``cue``: add to every image of a task's class one per-channel offset, drawn per task and class from N(0, cue^2)
     (an ablation: a colour cast that tells a task's classes apart without their content, as a generator's style can;
     0: off, the images as stored). ``cue_scope`` ``task`` draws one offset per task for all its classes instead (the
-    control: the same shift of the images, nothing that tells the classes apart).
+    control: the same shift of the images, nothing that tells the classes apart); ``stored`` gives each stored class
+    (its identity: teacher and label, or class name when pooled) one offset for the whole run, the same in every
+    task that draws it, as a generator's style stays with the classes it recovered.
     """
 
     MIXES = ReplayMix.__args__
@@ -126,8 +129,8 @@ class MemoryBank:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
         if not cue >= 0:
             raise DfmetaError(f"memory bank: cue must be >= 0, got {cue}")
-        if cue_scope not in ("class", "task"):
-            raise DfmetaError(f"memory bank: cue_scope must be class or task; got {cue_scope!r}")
+        if cue_scope not in ("class", "task", "stored"):
+            raise DfmetaError(f"memory bank: cue_scope must be class, task or stored; got {cue_scope!r}")
         if mix not in self.MIXES:
             raise DfmetaError(f"memory bank: mix must be one of {', '.join(self.MIXES)}; got {mix!r}")
         self.capacity, self.mix, self.cue, self.cue_scope = capacity, mix, cue, cue_scope
@@ -206,10 +209,17 @@ class MemoryBank:
             order, rows = self._pooled_rows(cls, k_shot + n_query, generator)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
         if self.cue:  # drawn after the rows: the same generator gives the same images, cast or not
-            ways = x.shape[1] if self.cue_scope == "class" else 1
-            cast = torch.randn((x.shape[0], ways, 1, x.shape[3], 1, 1), generator=generator, device=generator.device)
-            x = x + (self.cue * cast).to(x.device, x.dtype)
+            x = x + (self.cue * self._casts(cls, x.shape[3], generator)).to(x.device, x.dtype)
         return split_tasks(x, k_shot)
+
+    def _casts(self, cls: Tensor, channels: int, generator: torch.Generator) -> Tensor:
+        """Unit colour casts of the drawn classes ``cls`` [T, N] by ``cue_scope``: [T, N or 1, 1, C, 1, 1]."""
+        if self.cue_scope == "stored":  # one per class identity, seeded by it: no draw from ``generator``
+            table = torch.stack([torch.randn(channels, generator=torch.Generator().manual_seed(
+                zlib.crc32(repr(c).encode()))) for c in self._build()[3]])
+            return table[cls.cpu()][:, :, None, :, None, None]
+        ways = cls.shape[1] if self.cue_scope == "class" else 1
+        return torch.randn((cls.shape[0], ways, 1, channels, 1, 1), generator=generator, device=generator.device)
 
     def _pooled_rows(self, cls: Tensor, need: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Image rows sorted by dataset class, and ``need`` of them drawn uniformly from each drawn (teacher, label)

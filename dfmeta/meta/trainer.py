@@ -118,9 +118,10 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """Add to each class of a replay task a colour cast (a per-channel offset drawn per task and class from
     N(0, cue^2), on the normalised images): an ablation that gives replay tasks a shortcut that is not the classes'
     content, as images of different generators offer under the across mix (0: off, the paper)."""
-    replay_cue_scope: Literal["class", "task"] = "class"
-    """What one colour cast of --replay-cue covers: each class of a task (the cue) or a whole task (the control: the
-    same shift of the images, nothing that tells a task's classes apart)."""
+    replay_cue_scope: Literal["class", "task", "stored"] = "class"
+    """What one colour cast of --replay-cue covers: each class of a task (the cue), a whole task (the control: the
+    same shift of the images, nothing that tells a task's classes apart), or a stored class for the whole run (the
+    same cast in every task that draws it, as a generator's style stays with its classes)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
