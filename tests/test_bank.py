@@ -327,14 +327,51 @@ def test_stored_cue_stays_with_its_class():
     assert 0.3 < float(table.std()) < 0.7
 
 
+@pytest.mark.parametrize("scope", ["class", "stored"])
+def test_pattern_cue_is_one_smooth_pattern_per_class(scope):
+    """cue_kind pattern: every image of a (task, class) gets one spatial pattern (varying over pixels, smooth, about
+    the asked size), classes get different ones, a stored class keeps its pattern across tasks; the draws are the
+    plain ones."""
+    plain, cast = MemoryBank(mix="across"), MemoryBank(mix="across", cue=0.5, cue_scope=scope, cue_kind="pattern")
+    for t in range(4):
+        tk = task(t)
+        images = torch.zeros(len(tk.labels), 3, 8, 8)
+        images[:, 0, :2, :2] = tk.images[:, 0]                  # the code of task(), in an 8 x 8 image
+        for bank in (plain, cast):
+            bank.add(SimpleNamespace(images=images, labels=tk.labels, teacher=t))
+    a, b = plain.sample_tasks(100, 5, 1, 3, gen(4)), cast.sample_tasks(100, 5, 1, 3, gen(4))
+    assert torch.equal(a[1], b[1]) and torch.equal(a[3], b[3])
+    shift_s, shift_q = (b[0] - a[0]).view(100, 5, 1, 3, 8, 8), (b[2] - a[2]).view(100, 5, 3, 3, 8, 8)
+    pattern = shift_s[:, :, :1]                                  # [T, N, 1, C, H, W]
+    close = dict(rtol=0, atol=1e-4)
+    assert torch.allclose(shift_q, pattern.expand_as(shift_q), **close)
+    p = pattern[:, :, 0]                                         # [T, N, C, H, W]
+    assert float(p.flatten(3).std(-1).min()) > 0.02              # not a constant: it varies over the image
+    step = (p[..., 1:, :] - p[..., :-1, :]).abs().mean() / (p - p.roll(4, -2)).abs().mean()
+    assert float(step) < 0.5                                     # smooth: neighbours closer than far pixels
+    assert 0.2 < float(p.std()) < 0.6
+    assert float((p[:, 0] - p[:, 1]).abs().flatten(1).max(1).values.min()) > 0   # each class its own pattern
+    if scope == "stored":
+        teacher, label, _ = decode(a[0][:, :, :1])
+        key = (teacher * 10 + label).view(-1)
+        flat = p.reshape(-1, 3, 8, 8)
+        for k in key.unique():
+            same = flat[key == k]
+            assert torch.allclose(same, same[:1].expand_as(same), **close)
+
+
 def test_cue_must_not_be_negative():
     with pytest.raises(DfmetaError, match="cue must be >= 0"):
         MemoryBank(cue=-0.1)
     with pytest.raises(DfmetaError, match="cue_scope must be class, task or stored"):
         MemoryBank(cue=0.1, cue_scope="pair")
+    with pytest.raises(DfmetaError, match="cue_kind must be colour or pattern"):
+        MemoryBank(cue=0.1, cue_kind="stripes")
     from dfmeta.config import make
     from dfmeta.meta.trainer import TrainConfig
     with pytest.raises(DfmetaError, match="replay_cue"):
         make(TrainConfig, {"zoo": "z", "replay_cue": -1.0})
     with pytest.raises(DfmetaError, match="replay_cue_scope"):
         make(TrainConfig, {"zoo": "z", "replay_cue_scope": "pair"})
+    with pytest.raises(DfmetaError, match="replay_cue_kind"):
+        make(TrainConfig, {"zoo": "z", "replay_cue_kind": "stripes"})

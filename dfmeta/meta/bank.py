@@ -28,6 +28,10 @@ ReplayMix = Literal["across", "within", "pooled", "distinct", "one-copy", "disti
 """How replay tasks draw their classes from the memory bank (see :class:`MemoryBank`)."""
 NAMED_MIXES = ("pooled", "distinct", "one-copy", "distinct-pooled")
 """Mixes that need each stored class's dataset class (its name)."""
+CUE_SCOPES = ("class", "task", "stored")
+CUE_KINDS = ("colour", "pattern")
+PATTERN_GRID = 4
+"""A ``pattern`` cue is a PATTERN_GRID x PATTERN_GRID grid per channel, bilinearly upsampled to the image size."""
 MAX_REDRAWS = 100
 """Rounds of redrawing ``distinct`` tasks before the bank is taken as unable to supply them."""
 
@@ -119,21 +123,26 @@ class MemoryBank:
     0: off, the images as stored). ``cue_scope`` ``task`` draws one offset per task for all its classes instead (the
     control: the same shift of the images, nothing that tells the classes apart); ``stored`` gives each stored class
     (its identity: teacher and label, or class name when pooled) one offset for the whole run, the same in every
-    task that draws it, as a generator's style stays with the classes it recovered.
+    task that draws it, as a generator's style stays with the classes it recovered. ``cue_kind`` ``pattern`` makes
+    each cast a smooth spatial pattern instead of a constant (per channel a ``PATTERN_GRID``-square grid of N(0,
+    cue^2) values, bilinearly upsampled to the image): the spatial part of a style rather than its colour.
     """
 
     MIXES = ReplayMix.__args__
 
-    def __init__(self, capacity: int = 20, mix: str = "across", cue: float = 0.0, cue_scope: str = "class") -> None:
+    def __init__(self, capacity: int = 20, mix: str = "across", cue: float = 0.0, cue_scope: str = "class",
+                 cue_kind: str = "colour") -> None:
         if capacity < 1:
             raise DfmetaError(f"memory bank: capacity must be >= 1, got {capacity}")
         if not cue >= 0:
             raise DfmetaError(f"memory bank: cue must be >= 0, got {cue}")
-        if cue_scope not in ("class", "task", "stored"):
+        if cue_scope not in CUE_SCOPES:
             raise DfmetaError(f"memory bank: cue_scope must be class, task or stored; got {cue_scope!r}")
+        if cue_kind not in CUE_KINDS:
+            raise DfmetaError(f"memory bank: cue_kind must be colour or pattern; got {cue_kind!r}")
         if mix not in self.MIXES:
             raise DfmetaError(f"memory bank: mix must be one of {', '.join(self.MIXES)}; got {mix!r}")
-        self.capacity, self.mix, self.cue, self.cue_scope = capacity, mix, cue, cue_scope
+        self.capacity, self.mix, self.cue, self.cue_scope, self.cue_kind = capacity, mix, cue, cue_scope, cue_kind
         self._tasks: list[dict[str, Any]] = []
         self._pool: tuple[Tensor, Tensor, Tensor, list[Hashable]] | None = None
 
@@ -209,17 +218,25 @@ class MemoryBank:
             order, rows = self._pooled_rows(cls, k_shot + n_query, generator)
         x = images[order[rows.to(images.device)]]                                       # [T, N, K+Q, C, H, W]
         if self.cue:  # drawn after the rows: the same generator gives the same images, cast or not
-            x = x + (self.cue * self._casts(cls, x.shape[3], generator)).to(x.device, x.dtype)
+            x = x + (self.cue * self._casts(cls, x.shape[3:], generator)).to(x.device, x.dtype)
         return split_tasks(x, k_shot)
 
-    def _casts(self, cls: Tensor, channels: int, generator: torch.Generator) -> Tensor:
-        """Unit colour casts of the drawn classes ``cls`` [T, N] by ``cue_scope``: [T, N or 1, 1, C, 1, 1]."""
+    def _casts(self, cls: Tensor, image: torch.Size, generator: torch.Generator) -> Tensor:
+        """Unit casts of the drawn classes ``cls`` [T, N] for images of shape ``image`` (C, H, W), by ``cue_scope``
+        and ``cue_kind``: [T, N or 1, 1, C, 1, 1] (colour) or [T, N or 1, 1, C, H, W] (pattern)."""
+        unit = (image[0],) if self.cue_kind == "colour" else (image[0], PATTERN_GRID, PATTERN_GRID)
         if self.cue_scope == "stored":  # one per class identity, seeded by it: no draw from ``generator``
-            table = torch.stack([torch.randn(channels, generator=torch.Generator().manual_seed(
+            table = torch.stack([torch.randn(unit, generator=torch.Generator().manual_seed(
                 zlib.crc32(repr(c).encode()))) for c in self._build()[3]])
-            return table[cls.cpu()][:, :, None, :, None, None]
-        ways = cls.shape[1] if self.cue_scope == "class" else 1
-        return torch.randn((cls.shape[0], ways, 1, channels, 1, 1), generator=generator, device=generator.device)
+            draws = table[cls.cpu()]
+        else:
+            ways = cls.shape[1] if self.cue_scope == "class" else 1
+            draws = torch.randn((cls.shape[0], ways, *unit), generator=generator, device=generator.device)
+        if self.cue_kind == "colour":
+            return draws[:, :, None, :, None, None]
+        flat = torch.nn.functional.interpolate(draws.flatten(0, 1), size=tuple(image[1:]), mode="bilinear",
+                                               align_corners=False)
+        return flat.view(*draws.shape[:2], 1, *image)
 
     def _pooled_rows(self, cls: Tensor, need: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Image rows sorted by dataset class, and ``need`` of them drawn uniformly from each drawn (teacher, label)

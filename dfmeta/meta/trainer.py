@@ -122,6 +122,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     """What one colour cast of --replay-cue covers: each class of a task (the cue), a whole task (the control: the
     same shift of the images, nothing that tells a task's classes apart), or a stored class for the whole run (the
     same cast in every task that draws it, as a generator's style stays with its classes)."""
+    replay_cue_kind: Literal["colour", "pattern"] = "colour"
+    """What one cast of --replay-cue is: a per-channel offset (colour), or a smooth spatial pattern per channel (a
+    4 x 4 grid of N(0, cue^2) values bilinearly upsampled to the image: the spatial part of a generator's style)."""
     replay_queries: int = 15
     """Query images per class of a replay task."""
     meta_batch: int = 16
@@ -165,7 +168,7 @@ class Trainer(MetaTrainer):
 
     def __init__(self, cfg: TrainConfig, run) -> None:
         super().__init__(cfg, run)
-        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix, cfg.replay_cue, cfg.replay_cue_scope)
+        self.bank = MemoryBank(cfg.bank_size, cfg.replay_mix, cfg.replay_cue, cfg.replay_cue_scope, cfg.replay_cue_kind)
         self.groups: np.ndarray | None = None
         self.group_W: np.ndarray | None = None  # W of the grouped teachers, when known (for small_groups="fewer")
         self.group_seed = GroupingConfig.seed

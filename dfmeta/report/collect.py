@@ -22,10 +22,11 @@ Kind = Literal["train", "evaluate", "analysis"]
 
 # Defaults of the switches that change the method (dfmeta train and the baselines; the paper's setting). A run
 # differing in one of them is an ablation (Tables 4-6, 8; Fig. 6) or, outside the paper (replay_mix, replay_cue,
-# replay_cue_scope, rec_augment), an "other run", never the main table's method.
+# replay_cue_scope, replay_cue_kind, rec_augment), an "other run", never the main table's method.
 ABLATION_DEFAULTS: dict[str, Any] = dict(grouping="dissimilarity", igr="first", kd=True, ce=True, replay=True,
                                          groups=5, zoo_size=0, replay_mix="across", replay_cue=0.0,
-                                         replay_cue_scope="class", rec_augment=True)
+                                         replay_cue_scope="class", replay_cue_kind="colour",
+                                         rec_augment=True)
 # Config fields that do not change what a run measures (machine, paths, stopping and resuming).
 IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "groups_from", "resume", "run_dir",
            "stop_after", "time_limit", "episode_batch", "shots"}
