@@ -23,7 +23,9 @@ colour part of the style the ``across`` mix offers. With ``--data-root``, a four
 column scores every two of the bank's dataset classes on real meta-train images (the first ones of each class, as
 many as a bank class holds; the teachers' training data, read for this reference only). ``--equalise`` first
 standardises each stored task's channels (mean 0, std 1 over all of a teacher's images): what is left once a
-generator's overall colour statistics are taken away. Recorded:
+generator's overall colour statistics are taken away. ``--cue C [--cue-kind pattern]`` first adds to each class's
+images the cast ``dfmeta train --replay-cue C --replay-cue-scope stored`` gives it (the same values): how far the
+cast makes two classes of one teacher look like two teachers' classes, to size a cue. Recorded:
 docs/results/cpu-2026-12-07-generator-style.md.
 """
 
@@ -39,7 +41,7 @@ from torch import Tensor
 from dfmeta.data.episodes import to_input
 from dfmeta.data.registry import load_split
 from dfmeta.errors import DfmetaError
-from dfmeta.meta.bank import stored_bank
+from dfmeta.meta.bank import CUE_KINDS, cast_shape, expand_casts, stored_bank, stored_cast_draw
 from dfmeta.report.cells import md_table
 
 KINDS = ("same class, two generators", "two classes, one generator", "two classes, two generators")
@@ -130,12 +132,22 @@ def equalise(bank: dict) -> None:
         task["images"] = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
 
 
-def run_rows(run: Path, size: int, root: Path | None, equalised: bool = False) -> list[list[str]]:
+def add_stored_casts(classes: dict[tuple[int, int], tuple[str, Tensor]], cue: float, kind: str) -> None:
+    """Add to each (teacher, label) class's images (in place) its ``--replay-cue-scope stored`` cast of size ``cue``."""
+    for key, (name, images) in classes.items():
+        draw = stored_cast_draw(key, cast_shape(kind, images.shape[1]))
+        classes[key] = (name, images.float() + cue * expand_casts(draw, images.shape[1:], kind))
+
+
+def run_rows(run: Path, size: int, root: Path | None, equalised: bool = False, cue: float = 0.0,
+             cue_kind: str = "colour") -> list[list[str]]:
     """Table rows (one per feature) for the bank in ``run``'s checkpoint."""
     ck, bank = stored_bank(run)
     if equalised:
         equalise(bank)
     classes = bank_classes(bank)
+    if cue:
+        add_stored_casts(classes, cue, cue_kind)
     scores = pair_scores(classes, size)
     if root is not None:
         per_class = sorted(len(imgs) for _, imgs in classes.values())[len(classes) // 2]
@@ -155,11 +167,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=8, help="side of the pooled image of the pixels feature")
     ap.add_argument("--data-root", type=Path, help="score pairs of real meta-train classes too (a dfmeta data root)")
     ap.add_argument("--equalise", action="store_true", help="standardise each teacher's channels first")
+    ap.add_argument("--cue", type=float, default=0.0, help="add each class's stored replay cast of this size first")
+    ap.add_argument("--cue-kind", choices=CUE_KINDS, default="colour", help="the kind of cast --cue adds")
     args = ap.parse_args()
     if args.size < 1:
         raise SystemExit(f"error: --size must be >= 1, got {args.size}")
+    if not args.cue >= 0:
+        raise SystemExit(f"error: --cue must be >= 0, got {args.cue}")
     try:
-        rows = [row for r in args.runs for row in run_rows(r, args.size, args.data_root, args.equalise)]
+        rows = [row for r in args.runs
+                for row in run_rows(r, args.size, args.data_root, args.equalise, args.cue, args.cue_kind)]
     except DfmetaError as e:
         raise SystemExit(f"error: {e}")
     kinds = KINDS + ((REAL,) if args.data_root else ())

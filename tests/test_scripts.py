@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -278,6 +279,36 @@ def test_generator_style_tells_generators_apart_only_when_they_differ(tmp_path) 
     assert float(colour.strip(" |").split(" | ")[3].split()[0]) < 0.7
     bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "expected a TGR checkpoint" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["colour", "pattern"])
+def test_generator_style_cue_adds_the_replay_cast(tmp_path, kind) -> None:
+    """--cue C: each class gets the very cast ``--replay-cue C --replay-cue-scope stored`` gives it in replay tasks,
+    so one dataset class recovered by two teachers (no style in the plain bank) becomes told apart."""
+    import importlib.util
+
+    import torch
+
+    from dfmeta.meta.bank import MemoryBank
+    spec = importlib.util.spec_from_file_location("generator_style", ROOT / "benchmarks" / "generator_style.py")
+    gs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gs)
+    bank = MemoryBank(mix="within", cue=0.5, cue_scope="stored", cue_kind=kind)
+    labels = torch.arange(5).repeat_interleave(4)
+    bank.add(SimpleNamespace(images=torch.zeros(20, 3, 8, 8), labels=labels, teacher=7))
+    shifts = bank.sample_tasks(1, 5, 1, 3, torch.Generator().manual_seed(0))[0][0]        # [5, C, H, W]: the casts
+    classes = {(7, lab): (f"c{lab}", torch.zeros(4, 3, 8, 8)) for lab in range(5)}
+    gs.add_stored_casts(classes, 0.5, kind)
+    ours = [imgs[0] for _, imgs in classes.values()]
+    assert all(any(torch.allclose(s, o, atol=1e-6) for o in ours) for s in shifts)
+    assert len({float(o.sum()) for o in ours}) == 5
+    plain = _bank_run(tmp_path / "runs" / "plain", 0.0)
+    script = str(ROOT / "benchmarks" / "generator_style.py")
+    r = subprocess.run([sys.executable, script, str(plain), "--size", "4", "--cue", "3", "--cue-kind", kind],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pixels = next(line for line in r.stdout.splitlines() if "| pixels |" in line)
+    assert float(pixels.strip(" |").split(" | ")[3].split()[0]) > 0.9
 
 
 def test_generator_style_scores_real_class_pairs(tmp_path) -> None:

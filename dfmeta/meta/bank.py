@@ -105,6 +105,26 @@ def split_tasks(x: Tensor, k_shot: int) -> tuple[Tensor, Tensor, Tensor, Tensor]
             x[:, :, k_shot:].reshape(n_tasks, -1, *shape), y[:, :, k_shot:].reshape(n_tasks, -1))
 
 
+def cast_shape(kind: str, channels: int) -> tuple[int, ...]:
+    """The shape of one unit cast's random values: per channel one (``colour``) or a grid (``pattern``)."""
+    return (channels,) if kind == "colour" else (channels, PATTERN_GRID, PATTERN_GRID)
+
+
+def stored_cast_draw(identity: Hashable, shape: tuple[int, ...]) -> Tensor:
+    """The unit cast values of one stored class for the whole run (``cue_scope`` stored), seeded by its identity."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(zlib.crc32(repr(identity).encode())))
+
+
+def expand_casts(draws: Tensor, image: Sequence[int], kind: str) -> Tensor:
+    """Unit cast values ``[..., *cast_shape]`` as casts that add to images ``[..., C, H, W]``: ``[..., C, 1, 1]``
+    (colour) or the grids bilinearly upsampled to ``[..., C, H, W]`` (pattern)."""
+    if kind == "colour":
+        return draws[..., None, None]
+    grids = draws.reshape(-1, *draws.shape[-3:])
+    flat = torch.nn.functional.interpolate(grids, size=tuple(image[1:]), mode="bilinear", align_corners=False)
+    return flat.view(*draws.shape[:-3], *image)
+
+
 class MemoryBank:
     """FIFO bank of recovered tasks (images ``[n, C, H, W]`` as the meta-model takes them, e.g. normalised, kept on
     their device; labels; teacher).
@@ -224,19 +244,13 @@ class MemoryBank:
     def _casts(self, cls: Tensor, image: torch.Size, generator: torch.Generator) -> Tensor:
         """Unit casts of the drawn classes ``cls`` [T, N] for images of shape ``image`` (C, H, W), by ``cue_scope``
         and ``cue_kind``: [T, N or 1, 1, C, 1, 1] (colour) or [T, N or 1, 1, C, H, W] (pattern)."""
-        unit = (image[0],) if self.cue_kind == "colour" else (image[0], PATTERN_GRID, PATTERN_GRID)
+        shape = cast_shape(self.cue_kind, image[0])
         if self.cue_scope == "stored":  # one per class identity, seeded by it: no draw from ``generator``
-            table = torch.stack([torch.randn(unit, generator=torch.Generator().manual_seed(
-                zlib.crc32(repr(c).encode()))) for c in self._build()[3]])
-            draws = table[cls.cpu()]
+            draws = torch.stack([stored_cast_draw(c, shape) for c in self._build()[3]])[cls.cpu()]
         else:
             ways = cls.shape[1] if self.cue_scope == "class" else 1
-            draws = torch.randn((cls.shape[0], ways, *unit), generator=generator, device=generator.device)
-        if self.cue_kind == "colour":
-            return draws[:, :, None, :, None, None]
-        flat = torch.nn.functional.interpolate(draws.flatten(0, 1), size=tuple(image[1:]), mode="bilinear",
-                                               align_corners=False)
-        return flat.view(*draws.shape[:2], 1, *image)
+            draws = torch.randn((cls.shape[0], ways, *shape), generator=generator, device=generator.device)
+        return expand_casts(draws, image, self.cue_kind)[:, :, None]
 
     def _pooled_rows(self, cls: Tensor, need: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Image rows sorted by dataset class, and ``need`` of them drawn uniformly from each drawn (teacher, label)
