@@ -296,9 +296,9 @@ class MetaTrainer:
             if cfg.time_limit and ran and time.perf_counter() - t_start > cfg.time_limit:
                 bar.close()
                 if cfg.defer_test:
-                    print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}")
+                    print(f"time limit of {cfg.time_limit:g} s reached at epoch {self.epoch}")
                     return ""
-                print(f"time limit of {cfg.time_limit:.0f} s reached at epoch {self.epoch}: ending the run there")
+                print(f"time limit of {cfg.time_limit:g} s reached at epoch {self.epoch}: ending the run there")
                 if last_val != self.epoch:
                     self.validate_and_select(self.epoch, {"validated_epoch": self.epoch, "time_limit_end": True})
                 return "time limit"
