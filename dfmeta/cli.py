@@ -64,15 +64,26 @@ def build_parser(commands: list[Command]) -> argparse.ArgumentParser:
             p.add_argument("--preset", choices=sorted(cmd.presets), default=None, nargs="+", metavar="PRESET",
                            help="start from named presets, applied in order (a setting, then ablations); explicit "
                                 "flags override them. Presets: " + ", ".join(sorted(cmd.presets)))
-        p.set_defaults(_cmd=cmd)
+        p.set_defaults(_cmd=cmd, _parser=p)
     return parser
+
+
+def unknown_flags(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """The error for arguments a command does not take, with the closest flag of that command for each."""
+    import difflib
+    flags = [o for a in parser._actions for o in a.option_strings]
+    hints = [f"{x} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(x.split("=")[0], flags, 1)) else x
+             for x in extra]
+    return "unrecognized arguments: " + " ".join(hints)
 
 
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     commands = discover()
     parser = build_parser(commands)
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own parser: its usage line, not the top level's
+        ns._parser.error(unknown_flags(ns._parser, extra))
     cmd: Command = ns._cmd
     try:
         preset: dict[str, Any] = {}

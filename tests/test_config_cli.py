@@ -108,6 +108,14 @@ def test_a_misspelt_flag_is_refused_not_guessed(capsys):
     assert e.value.code == 2 and "--epoch" in capsys.readouterr().err
 
 
+def test_an_unknown_flag_is_named_by_its_command_with_the_closest_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--epsiodes", "5"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: dfmeta evaluate" in err
+    assert "dfmeta evaluate: error: unrecognized arguments: --epsiodes (did you mean --episodes?) 5" in err
+
+
 def test_every_documented_command_exists() -> None:
     """The README's command list and the CLI agree (a command module losing its COMMANDS is caught here)."""
     from pathlib import Path
