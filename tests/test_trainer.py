@@ -246,8 +246,15 @@ def test_bad_input_before_compute(zoo, tmp_path):
         train(tiny(zoo, tmp_path, image_size=32))
     with pytest.raises(DfmetaError, match="unknown field"):
         make(TrainConfig, {"zoo": "x", "no_such_field": 1})
-    with pytest.raises(DfmetaError, match="fewer than m"):
-        train(tiny(zoo, tmp_path, small_groups="error", groups=3, teachers_per_epoch=4))
+    # groups that may come out smaller than m fail after the grouping; a zoo too small for c groups of m, before it
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dfmeta.meta.trainer import Trainer
+    with pytest.raises(DfmetaError, match="a task group has 2 teachers, fewer than m = 4"):
+        Trainer.usable_groups(SimpleNamespace(cfg=SimpleNamespace(teachers_per_epoch=4, small_groups="error")),
+                              np.array([0, 0, 0, 0, 1, 1]))
     with pytest.raises(DfmetaError, match="'probe'"):
         make(TrainConfig, {"zoo": "z", "probe": "vgg16"})
     # a missing probe weights file fails before any task is recovered
@@ -259,6 +266,8 @@ def test_bad_input_before_compute(zoo, tmp_path):
         mp.setattr(trainer_module, "recover_tasks", no_recovery)
         with pytest.raises(DfmetaError, match="probe weights file not found"):
             train(tiny(zoo, tmp_path / "pw", probe_weights=str(tmp_path / "none.pth")))
+        with pytest.raises(DfmetaError, match="6 teachers cannot fill c = 3 groups of m = 4"):
+            train(tiny(zoo, tmp_path / "pw", small_groups="error", groups=3, teachers_per_epoch=4))
     with pytest.raises(DfmetaError, match="'groups_from'.*groups.json not found"):
         train(tiny(zoo, tmp_path / "gf", groups_from=str(tmp_path / "nowhere")))
     # caught in setup, after the run directory was made: it is removed again, and so is

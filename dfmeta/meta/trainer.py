@@ -224,6 +224,10 @@ class Trainer(MetaTrainer):
         path = self.run.path / "groups.npz"
         if cfg.grouping == "off":
             return np.zeros(len(self.zoo), np.int64)
+        m = cfg.teachers_per_epoch
+        if cfg.small_groups == "error" and len(self.zoo) < cfg.groups * m:  # a group of fewer than m is certain
+            raise DfmetaError(f"{len(self.zoo)} teachers cannot fill c = {cfg.groups} groups of m = {m}; use fewer "
+                              f"--groups, a smaller --teachers-per-epoch, or --small-groups merge or fewer")
         if path.exists():
             with np.load(path) as z:
                 self.group_W = z["W"] if "W" in z else None
