@@ -23,6 +23,7 @@ from pathlib import Path
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.bank import stored_bank
 from dfmeta.report.cells import md_table
+from dfmeta.config import plain
 
 
 def repeat_probability(multiplicity: list[int], ways: int) -> float:
@@ -58,7 +59,7 @@ def bank_row(run: Path) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("runs", nargs="+", type=Path, help="TGR run directories (with checkpoint.pt)")
     args = ap.parse_args()
     header = ["run", "epoch", "mix", "teacher classes", "with >= K + Q images", "dataset classes",

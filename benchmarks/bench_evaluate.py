@@ -17,11 +17,12 @@ from dfmeta.data.embedded import embedded_split
 from dfmeta.evaluate import Evaluator
 from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build, params_of
+from dfmeta.config import plain
 
 
 def main() -> None:
     malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--episodes", type=int, default=600)
     ap.add_argument("--shots", type=int, nargs="+", default=[5, 1])

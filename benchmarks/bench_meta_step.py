@@ -15,6 +15,7 @@ import torch
 from dfmeta.memory import keep_freed_memory
 from dfmeta.meta import MemoryBank, igr_gradient, maml_loss
 from dfmeta.nets import build, params_of
+from dfmeta.config import plain
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float, float]:
@@ -43,7 +44,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
 
 def main() -> None:
     malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=plain(__doc__.splitlines()[0]))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=32)

@@ -30,6 +30,7 @@ from dfmeta.nets import build
 from dfmeta.nets.generator import Generator
 from dfmeta.recover import RecoveryConfig, initial_draws, recover_tasks, teacher_rng
 from dfmeta.zoo.format import Teacher
+from dfmeta.config import plain
 
 VARIANTS = {  # name: (amp, graph, batching, channels_last[, compile])
     "fp32 eager vmap (reference)": ("off", "off", "vmap", "off"),
@@ -119,7 +120,7 @@ def time_draws(counts: list[int], cfg: RecoveryConfig, size: int, n: int, dev: t
 
 def main() -> None:
     malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--teachers", type=int, default=4, help="m, teachers per epoch")
     ap.add_argument("--steps", type=int, default=200)

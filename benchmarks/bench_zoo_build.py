@@ -22,6 +22,7 @@ from dfmeta.data.episodes import to_input
 from dfmeta.memory import keep_freed_memory
 from dfmeta.nets import build
 from dfmeta.zoo.build import ZooRecipe, epoch_order, initial_state, plan_zoo, split_rows, train_group
+from dfmeta.config import plain as plain_text
 
 
 def plain(plans, split, recipe, seed, device) -> None:
@@ -54,7 +55,7 @@ def plain(plans, split, recipe, seed, device) -> None:
 
 def main() -> None:
     malloc = "malloc keeps freed memory" if keep_freed_memory() else "system malloc"  # as the dfmeta CLI does
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--teachers", type=int, nargs="+", default=[8], help="zoo sizes to time")
     ap.add_argument("--epochs", type=int, default=2)

@@ -17,9 +17,11 @@ import json
 import statistics
 from pathlib import Path
 
+from dfmeta.config import plain
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--wall", type=float, default=0.0)
     ap.add_argument("--epochs", type=int, default=1000)

@@ -43,6 +43,7 @@ from dfmeta.data.registry import load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.bank import CUE_KINDS, cast_shape, expand_casts, stored_bank, stored_cast_draw
 from dfmeta.report.cells import md_table
+from dfmeta.config import plain
 
 KINDS = ("same class, two generators", "two classes, one generator", "two classes, two generators")
 REAL = "two real classes"
@@ -162,7 +163,7 @@ def run_rows(run: Path, size: int, root: Path | None, equalised: bool = False, c
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=plain(__doc__.split("\n\n")[0]))
     ap.add_argument("runs", nargs="+", type=Path, help="TGR run directories (with checkpoint.pt)")
     ap.add_argument("--size", type=int, default=8, help="side of the pooled image of the pixels feature")
     ap.add_argument("--data-root", type=Path, help="score pairs of real meta-train classes too (a dfmeta data root)")

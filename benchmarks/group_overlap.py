@@ -21,6 +21,7 @@ import numpy as np
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import class_overlap, overlap_by_chance, within_group_overlap
 from dfmeta.zoo import load_zoo
+from dfmeta.config import plain
 
 
 def read_groups(path: Path) -> tuple[list[str], np.ndarray]:
@@ -38,7 +39,7 @@ def read_groups(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", required=True)
     ap.add_argument("files", nargs="+", type=Path)
     a = ap.parse_args()

@@ -38,6 +38,7 @@ from dfmeta.recover import RecoveredTask, RecoveryConfig, recover_tasks, teacher
 from dfmeta.report.analyses import pair_stats
 from dfmeta.runs import resolve_device, set_threads
 from dfmeta.zoo import load_zoo
+from dfmeta.config import plain
 
 
 def probe_config(spec: str, labels: str = "task") -> GroupingConfig:
@@ -79,7 +80,7 @@ def real_tasks(zoo, per_class: int, data_root: str | None) -> list[RecoveredTask
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", required=True)
     ap.add_argument("--probes", nargs="+", default=["random:42", "random:0", "random:1"])
     ap.add_argument("--steps", type=int, default=30)

@@ -18,6 +18,7 @@ import torch
 
 from dfmeta.recover import RecoveryConfig, recover_tasks, recovery_loss
 from dfmeta.zoo import load_zoo
+from dfmeta.config import plain
 
 SETTINGS = {  # name: RecoveryConfig fields over the chosen size
     "default": {},
@@ -27,7 +28,7 @@ SETTINGS = {  # name: RecoveryConfig fields over the chosen size
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", required=True)
     ap.add_argument("--teachers", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=200)

@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import re
 import textwrap
 import typing
 from functools import lru_cache
@@ -46,6 +47,14 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+
+
+def plain(text: str) -> str:
+    """Docstring markup as plain text for a terminal: ``:func:`x``` and double-backquoted literals lose their marks."""
+    return _ROLE.sub(r"\1", text).replace("``", "")
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     if get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in get_args(tp) if a is not type(None)]
@@ -66,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp, optional = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        help_text = docs.get(f.name, "")
+        help_text = plain(docs.get(f.name, ""))
         help_text = f"{help_text} (default: {default!r})" if help_text else f"(default: {default!r})"
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if tp is bool:

@@ -116,6 +116,19 @@ def test_an_unknown_flag_is_named_by_its_command_with_the_closest_flag(capsys):
     assert "dfmeta evaluate: error: unrecognized arguments: --epsiodes (did you mean --episodes?) 5" in err
 
 
+def test_help_texts_carry_no_docstring_markup() -> None:
+    """Field docstrings use Sphinx roles and literals; --help shows them as plain text, for every command."""
+    from dfmeta.cli import discover
+    parser = build_parser(discover())
+    for cmd in discover():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for word in cmd.name.split():
+            p = sub.choices[word]
+            sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+        text = p.format_help()
+        assert "``" not in text and ":func:`" not in text and ":mod:`" not in text and ":class:`" not in text, cmd.name
+
+
 def test_every_documented_command_exists() -> None:
     """The README's command list and the CLI agree (a command module losing its COMMANDS is caught here)."""
     from pathlib import Path

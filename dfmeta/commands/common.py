@@ -26,7 +26,7 @@ class DataConfig:
     data_root: str = str(default_data_root())
     """Root folder of the real datasets (env DFMETA_DATA sets the default)."""
     seed: int = 0
-    """Seed for episodes, zoo picks and training."""
+    """Seed for zoo picks and training (the evaluation episodes come from --episode-seed)."""
     device: str = "auto"
     """Torch device: auto (CUDA when available), cpu, cuda, cuda:1, ..."""
     threads: int = 0

@@ -18,7 +18,7 @@ class PrepareConfig:
     dataset: str = "cifar-fs"
     """Dataset name."""
     data_root: str = str(default_data_root())
-    """Root folder of the real datasets."""
+    """Root folder of the real datasets (env DFMETA_DATA sets the default)."""
     splits: tuple[str, ...] = ("val", "test")
     """Splits to export."""
     out: str = "prepared-data"
