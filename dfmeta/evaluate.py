@@ -124,12 +124,16 @@ class Evaluator:
         return x, y
 
     def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], head: HeadMode = "keep",
-                 head_seed: int = 0) -> EvalResult:
-        """Fine-tune ``params`` on every episode's support set and return query accuracy with its 95% CI."""
+                 head_seed: int = 0, progress: str = "") -> EvalResult:
+        """Fine-tune ``params`` on every episode's support set and return query accuracy with its 95% CI;
+        ``progress``: show a bar of the episodes with this label (none when empty)."""
+        from tqdm import tqdm
         params = {k: v.detach().to(self.device, torch.float32) for k, v in params.items()}
         params = prepare_head(model, params, self.n_way, head, head_seed)
         model = model.to(self.device)
         accs = []
+        bar = tqdm(total=len(self.episodes), desc=progress, unit="ep", leave=False, disable=not progress,
+                   dynamic_ncols=True)
         for lo in range(0, len(self.episodes), self.episode_batch):
             sl = slice(lo, lo + self.episode_batch)
             xs, ys = self._batch(self.episodes.support[sl])
@@ -137,6 +141,8 @@ class Evaluator:
             with torch.enable_grad():
                 p = finetune_episodes(model, params, xs, ys, self.steps, self.lr)
             accs.append(score_episodes(model, p, xq, yq).cpu())
+            bar.update(len(accs[-1]))
+        bar.close()
         return EvalResult.of(torch.cat(accs).numpy())
 
 
@@ -154,10 +160,11 @@ class DomainEvaluator:
                            for i, (s, n) in enumerate(zip(splits, counts)) if n > 0]
 
     def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], head: HeadMode = "keep",
-                 head_seed: int = 0) -> EvalResult:
+                 head_seed: int = 0, progress: str = "") -> EvalResult:
         if len(self.evaluators) == 1:
-            return self.evaluators[0](model, params, head, head_seed)
-        parts = {ev.split.name: ev(model, params, head, head_seed) for ev in self.evaluators}
+            return self.evaluators[0](model, params, head, head_seed, progress)
+        parts = {ev.split.name: ev(model, params, head, head_seed, progress and f"{progress} {ev.split.name}")
+                 for ev in self.evaluators}
         pooled = EvalResult.of(np.concatenate([r.accs for r in parts.values()]) / 100)
         pooled.parts = parts
         return pooled

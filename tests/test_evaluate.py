@@ -85,3 +85,15 @@ def test_evaluator_is_seeded() -> None:
     b = Evaluator(split, 5, 1, 3, 6, seed=0, steps=2, lr=0.05, episode_batch=6)(model, params_of(model))
     assert len(a.accs) == 6 and 0 <= a.mean <= 100
     np.testing.assert_allclose(a.accs, b.accs)  # episode batching does not change the result
+
+
+def test_evaluator_shows_progress_only_when_asked(capsys) -> None:
+    split = embedded_split("val", per_class=8, size=16)
+    model = tiny_conv4()
+    ev = Evaluator(split, n_way=5, k_shot=1, n_query=3, n_episodes=6, seed=0, steps=1, lr=0.05, episode_batch=4)
+    quiet = ev(model, params_of(model))
+    assert capsys.readouterr().err == ""
+    shown = ev(model, params_of(model), progress="meta-test 1-shot")
+    err = capsys.readouterr().err
+    assert "meta-test 1-shot" in err and "6/6" in err
+    np.testing.assert_array_equal(quiet.accs, shown.accs)

@@ -47,7 +47,7 @@ def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSpl
     out = {}
     where = "+".join(s.name for s in splits)
     for k in cfg.shots:
-        res = cfg.evaluator(splits, k, device)(init.model, init.params, init.head)
+        res = cfg.evaluator(splits, k, device)(init.model, init.params, init.head, progress=f"{label} {k}-shot")
         out[k] = res.as_dict()
         per = "".join(f"; {n} {r}" for n, r in res.parts.items())
         print(f"{label:>12s}  {where}  {cfg.ways}-way {k}-shot: {res}{per}  ({cfg.episodes} episodes)")

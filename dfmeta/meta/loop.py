@@ -344,7 +344,7 @@ class MetaTrainer:
         if self.zoo is not None:  # the teachers this run used: its report needs no copy of the zoo
             out["zoo_archs"] = [t.arch for t in self.zoo.teachers]
         for k in cfg.shots:
-            res = cfg.evaluator(self.test_splits, k, self.device)(self.model, best)
+            res = cfg.evaluator(self.test_splits, k, self.device)(self.model, best, progress=f"meta-test {k}-shot")
             out["test"][str(k)] = res.as_dict()
             self.run.log(final_test=True, shots=k, **res.as_dict())
             per = "".join(f"; {n} {r}" for n, r in res.parts.items())
