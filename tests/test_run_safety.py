@@ -83,3 +83,26 @@ def test_resume_refuses_settings_the_run_fixes(finished, capsys):
         resume(finished, epochs=10)
     # the run's own values (the command that started it, repeated) and per-call settings are fine
     assert main(["train", "--resume", str(finished), "--epochs", "2", "--device", "cpu", "--threads", "1"]) == 0
+
+
+def test_group_run_dir_takes_only_a_group_run(zoo, finished, tmp_path, capsys):
+    args = ["group", "--zoo", str(zoo), "--groups", "2", "--steps", "2", "--per-class", "2", "--nf", "8",
+            "--fisher-samples", "2", "--device", "cpu", "--run-dir"]
+    before = {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()}
+    assert main(args + [str(finished)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"dfmeta group: error: {finished} is a tgr training run, not a `dfmeta group` run; --run-dir takes a "
+        "`dfmeta group` run to reuse; --out-dir makes a new one")
+    assert {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()} == before
+    assert main(args + [str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: not found; --run-dir takes" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    assert main(args + [str(tmp_path)]) == 2
+    assert "not a run directory (no config.json)" in capsys.readouterr().err
+    grun = tmp_path / "g"  # a group run (its config's fields are all the command's)
+    grun.mkdir()
+    (grun / "config.json").write_text(json.dumps({"zoo": str(zoo), "seed": 42}))
+    with RunDir(grun).locked():
+        assert main(args + [str(grun)]) == 2
+    assert capsys.readouterr().err.strip() == f"dfmeta group: error: {grun}: run in progress (another dfmeta " \
+        "process holds its lock)"
+    assert json.loads((grun / "config.json").read_text()) == {"zoo": str(zoo), "seed": 42}
