@@ -4,6 +4,7 @@ settings the run fixes, a log without the lines a killed call wrote after its ch
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -106,3 +107,17 @@ def test_group_run_dir_takes_only_a_group_run(zoo, finished, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"dfmeta group: error: {grun}: run in progress (another dfmeta " \
         "process holds its lock)"
     assert json.loads((grun / "config.json").read_text()) == {"zoo": str(zoo), "seed": 42}
+
+
+@pytest.mark.parametrize("bad, match", [(["--ways", "200"], "200-way episodes need 200 classes"),
+                                        (["--shots", "1", "1000"], "fewer than K \\+ Q = 1000 \\+ 15")])
+def test_a_failed_evaluate_leaves_no_run_directory(bad, match, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["evaluate", "--device", "cpu", "--episodes", "2", "--eval-steps", "1", "--out-dir", str(out)] + bad) == 2
+    assert re.search(match, capsys.readouterr().err) and not out.exists()
+
+
+def test_a_train_whose_meta_test_cannot_run_fails_before_training(zoo, tmp_path):
+    with pytest.raises(DfmetaError, match="fewer than K \\+ Q = 1000 \\+ 15"):
+        train(tiny(zoo, tmp_path / "runs", epochs=2, shots=(1, 1000)))
+    assert not (tmp_path / "runs").exists()

@@ -138,6 +138,7 @@ class MetaTrainer:
             self.check()
         self.test_splits = [] if cfg.defer_test else load_domains(cfg.dataset, "test", cfg.data_root, size,
                                                                   self.channels)
+        cfg.check_episodes(self.test_splits)  # the meta-test's shots fail now, not after the training
         self.model = build(cfg.arch, self.n_way, self.image_size, self.channels, bn="batch").to(self.device)
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in params_of(self.model).items()}
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
