@@ -121,3 +121,19 @@ def test_a_train_whose_meta_test_cannot_run_fails_before_training(zoo, tmp_path)
     with pytest.raises(DfmetaError, match="fewer than K \\+ Q = 1000 \\+ 15"):
         train(tiny(zoo, tmp_path / "runs", epochs=2, shots=(1, 1000)))
     assert not (tmp_path / "runs").exists()
+
+
+def test_igr_vs_erm_run_dir_is_locked_and_logs_each_epoch_once(zoo, tmp_path):
+    from dfmeta.analysis.igr_vs_erm import IGRvsERMConfig, run_igr_vs_erm
+    base = dict(zoo=str(zoo), out_dir=str(tmp_path), device="cpu", epochs=1, teachers_per_epoch=2, steps=1,
+                per_class=2, nf=8)
+    cfg = lambda **kw: make(IGRvsERMConfig, {**base, **kw})  # noqa: E731
+    run_igr_vs_erm(cfg())
+    d = run_dir(tmp_path)
+    shutil.copy(d / "checkpoint.pt", tmp_path / "epoch1.pt")
+    run_igr_vs_erm(cfg(epochs=2, run_dir=str(d)))
+    shutil.copy(tmp_path / "epoch1.pt", d / "checkpoint.pt")  # killed after epoch 2 was logged, before its checkpoint
+    with RunDir(d).locked(), pytest.raises(DfmetaError, match="run in progress"):
+        run_igr_vs_erm(cfg(epochs=3, run_dir=str(d)))
+    run_igr_vs_erm(cfg(epochs=3, run_dir=str(d)))
+    assert [r["epoch"] for r in rows(d)] == [1, 2, 3]
