@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
-import pytest
-
-from dfmeta.errors import DfmetaError
 from dfmeta.runs import RunDir
 
 
