@@ -101,13 +101,23 @@ def _optional(conv: Any) -> Any:
 
 
 def from_namespace(cls: type, ns: argparse.Namespace, preset: dict[str, Any] | None = None) -> Any:
-    """Build ``cls`` from parsed arguments; explicit flags override the preset, which overrides defaults."""
+    """Build ``cls`` from parsed arguments; explicit flags override the preset, which overrides defaults. The config
+    remembers which fields the call gave (:func:`given`)."""
     values = dict(preset or {})
+    source = {k: "preset" for k in values}
     names = {f.name for f in dataclasses.fields(cls)}
     for k, v in vars(ns).items():
         if k in names:
-            values[k] = v
-    return make(cls, values)
+            values[k], source[k] = v, "flag"
+    obj = make(cls, values)
+    object.__setattr__(obj, "_given", source)
+    return obj
+
+
+def given(cfg: Any) -> dict[str, str] | None:
+    """The fields a command line gave ``cfg``, each with where from ("flag" or "preset"); None for a config not
+    built by :func:`from_namespace`."""
+    return getattr(cfg, "_given", None)
 
 
 def make(cls: type, values: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from dfmeta.meta.loop import epoch_seed
 from dfmeta.nets import build, params_of
 from dfmeta.recover import RecoveryConfig, normalise, recover_tasks
 from dfmeta.runs import RunDir, atomic_torch_save, resolve_device, seed_everything, set_threads
+from dfmeta.zoo.format import Zoo
 
 VARIANTS = {"igr": "first", "erm": "off"}
 
@@ -75,8 +76,14 @@ def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:
     if cfg.teachers_per_epoch > len(zoo):
         raise DfmetaError(f"field 'teachers_per_epoch': m = {cfg.teachers_per_epoch} is larger than the zoo "
                           f"({len(zoo)} models)")
-    t0 = zoo[0]
     run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "igr-vs-erm", cfg.seed, cfg)
+    with run.locked():
+        return compare(run, cfg, zoo, device)
+
+
+def compare(run: RunDir, cfg: IGRvsERMConfig, zoo: Zoo, device: torch.device) -> dict[str, Any]:
+    """The comparison in ``run`` (continued from its checkpoint, if any)."""
+    t0 = zoo[0]
     run.record_environment(device)
     model = build(cfg.arch, t0.num_classes, t0.image_size, t0.in_channels, bn="batch").to(device)
     init = {k: v.to(device) for k, v in params_of(model).items()}
@@ -93,6 +100,9 @@ def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:
                     params[v][k].copy_(p)
             opts[v].load_state_dict(st["opt"][v])
         print(f"continuing from epoch {epoch}")
+    rows = run.metrics()  # a killed call's epochs after the checkpoint are run (and logged) again
+    if any(m.get("epoch", 0) > epoch for m in rows):
+        run.rewrite_metrics([m for m in rows if m.get("epoch", 0) <= epoch])
     from tqdm import tqdm
     for e in tqdm(range(epoch + 1, cfg.epochs + 1), initial=epoch, total=cfg.epochs, desc="IGR vs ERM", unit="ep"):
         rng = np.random.default_rng(epoch_seed(cfg.seed, e, 1))

@@ -61,6 +61,13 @@ class EvalFields:
     episode_seed: int = 0
     """Seed of the fixed evaluation episodes (the same for every method, so results are comparable)."""
 
+    def check_episodes(self, splits: "Sequence[FewShotSplit]") -> None:
+        """Raise now, before any work, if some K of ``shots`` cannot be evaluated on ``splits``."""
+        from dfmeta.data.episodes import check_episodes
+        for split in splits:
+            for k in self.shots:
+                check_episodes(split, self.ways, k, self.queries)
+
     def evaluator(self, splits: "Sequence[FewShotSplit]", k_shot: int, device: "torch.device",
                   episodes: int = 0) -> "DomainEvaluator":
         """The fixed, seeded episodes of this protocol over ``splits`` (spread evenly over several datasets)."""

@@ -66,11 +66,16 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
         zoo = load_zoo(cfg.zoo)
     channels = zoo[0].in_channels if zoo is not None and len(zoo) else None
     splits = load_domains(cfg.dataset, cfg.split, cfg.data_root, cfg.image_size or None, channels)
+    cfg.check_episodes(splits)
     inp = BaselineInput(cfg.arch, cfg.ways, splits[0].image_size, splits[0].channels, cfg.seed, zoo, device)
     init = BASELINES[cfg.method](inp)
     run = RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
     run.record_environment(device)
-    results = evaluate_init(init, cfg, splits, device, run, cfg.method)
+    try:
+        results = evaluate_init(init, cfg, splits, device, run, cfg.method)
+    except DfmetaError:
+        run.discard_if_unused()  # failed before its first result: leave no run directory behind
+        raise
     run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
     print(f"run directory: {run.path}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,8 +84,21 @@ def heatmap_png(W: np.ndarray, labels: np.ndarray, cell: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def check_group_run(path: Path) -> None:
+    """Refuse a ``--run-dir`` that is not a ``dfmeta group`` run: its config and groups would be overwritten."""
+    from dfmeta.report.collect import describe, load_run, read_object
+    use = "--run-dir takes a `dfmeta group` run to reuse; --out-dir makes a new one"
+    if not (path / "config.json").is_file():
+        raise DfmetaError(f"{path}: {'not a run directory (no config.json)' if path.is_dir() else 'not found'}; {use}")
+    config = read_object(path / "config.json")
+    if not set(config) <= {f.name for f in fields(GroupCommandConfig)}:
+        raise DfmetaError(f"{path} is {describe(load_run(path, config))}, not a `dfmeta group` run; {use}")
+
+
 def run_group(cfg: GroupCommandConfig) -> None:
     from dfmeta.zoo import load_zoo
+    if cfg.run_dir:
+        check_group_run(Path(cfg.run_dir))
     zoo = load_zoo(cfg.zoo)
     if cfg.groups > len(zoo):
         raise DfmetaError(f"field 'groups': c = {cfg.groups} is larger than the zoo ({len(zoo)} models)")
@@ -93,7 +107,15 @@ def run_group(cfg: GroupCommandConfig) -> None:
     rcfg, gcfg = once(_sub(RecoveryConfig, cfg)), _sub(GroupingConfig, cfg)
     if gcfg.probe_weights:
         load_probe(gcfg, torch.device("cpu"))  # a bad weights file fails now, not after the recovery
-    run = RunDir(cfg.run_dir, cfg) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed, cfg)
+    run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed)
+    with run.locked():
+        run.write_config(cfg)
+        group_into(run, cfg, zoo, device, rcfg, gcfg)
+
+
+def group_into(run: RunDir, cfg: GroupCommandConfig, zoo: Zoo, device: torch.device, rcfg: RecoveryConfig,
+               gcfg: GroupingConfig) -> None:
+    """Recover, embed and group (W cached in the run directory), then write and show the groups."""
     run.record_environment(device)
     big = max(zoo.teachers, key=lambda t: t.image_size ** 2 * t.num_classes)
     chunk = cfg.chunk or teachers_per_batch(rcfg, big.image_size, device, big.num_classes)

@@ -41,9 +41,8 @@ class Episodes:
             return Episodes(z["support"], z["query"], z["classes"], int(z["seed"]))
 
 
-def sample_episodes(split: FewShotSplit, n_way: int, k_shot: int, n_query: int, n_episodes: int,
-                    seed: int) -> Episodes:
-    """Draw ``n_episodes`` episodes with numpy's PCG64 seeded by ``seed``: the same episodes on every machine."""
+def check_episodes(split: FewShotSplit, n_way: int, k_shot: int, n_query: int) -> None:
+    """Raise if ``split`` cannot give N-way K-shot Q-query episodes (too few classes, or images in a class)."""
     if n_way > split.n_classes:
         raise DfmetaError(f"{split.name}: {n_way}-way episodes need {n_way} classes, the split has {split.n_classes}")
     need = k_shot + n_query
@@ -51,6 +50,13 @@ def sample_episodes(split: FewShotSplit, n_way: int, k_shot: int, n_query: int, 
     if small:
         raise DfmetaError(f"{split.name}: class {small[0][0]!r} has {small[0][1]} images, fewer than "
                           f"K + Q = {k_shot} + {n_query} = {need}")
+
+
+def sample_episodes(split: FewShotSplit, n_way: int, k_shot: int, n_query: int, n_episodes: int,
+                    seed: int) -> Episodes:
+    """Draw ``n_episodes`` episodes with numpy's PCG64 seeded by ``seed``: the same episodes on every machine."""
+    check_episodes(split, n_way, k_shot, n_query)
+    need = k_shot + n_query
     rng = np.random.Generator(np.random.PCG64(seed))
     classes = np.empty((n_episodes, n_way), np.int64)
     rows = np.empty((n_episodes, n_way, need), np.int64)

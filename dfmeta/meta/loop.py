@@ -27,7 +27,6 @@ run continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,12 @@ import numpy as np
 import torch
 
 from dfmeta.commands.common import DataConfig, EvalFields
-from dfmeta.config import make, require, to_dict
+from dfmeta.config import given, make, require, to_dict
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
-from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
+from dfmeta.runs import RunDir, atomic_torch_save, resolve_device, seed_everything, set_threads
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
@@ -139,6 +138,7 @@ class MetaTrainer:
             self.check()
         self.test_splits = [] if cfg.defer_test else load_domains(cfg.dataset, "test", cfg.data_root, size,
                                                                   self.channels)
+        cfg.check_episodes(self.test_splits)  # the meta-test's shots fail now, not after the training
         self.model = build(cfg.arch, self.n_way, self.image_size, self.channels, bn="batch").to(self.device)
         self.params = {k: v.to(self.device).requires_grad_(True) for k, v in params_of(self.model).items()}
         self.opt = torch.optim.Adam(self.params.values(), lr=cfg.meta_lr)
@@ -226,10 +226,17 @@ class MetaTrainer:
         self.seconds_before = float(st.get("train_seconds", 0.0))  # absent in checkpoints written before it was kept
         if st["extra"]:  # a finished run's may have been left out
             self.load_extra_state(st["extra"])
-        # metrics written after the checkpoint belong to epochs that will be run again
-        lines = [m for m in self.run.metrics() if m.get("epoch", 0) <= self.epoch]
-        atomic_write(self.run.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in lines))
         return True
+
+    def drop_metrics_after_checkpoint(self) -> None:
+        """Drop the metrics lines a killed call wrote after the checkpoint (of epoch 0 where there is none): its
+        later epochs, a time limit's last validation and an unfinished meta-test (a ``final_test`` line without
+        ``results.json``), which this call writes again. The log then equals an uninterrupted run's."""
+        rows = self.run.metrics()
+        keep = [m for m in rows if not m.get("final_test")
+                and max(m.get("epoch", 0), m.get("validated_epoch", 0)) <= self.epoch]
+        if len(keep) < len(rows):
+            self.run.rewrite_metrics(keep)
 
     # ------------------------------------------------------------------ the loop
     def validate(self) -> EvalResult:
@@ -257,7 +264,9 @@ class MetaTrainer:
                 return res
             self.reopen(res)
         self.run.record_environment(self.device)
-        if self.load_checkpoint():
+        resumed = self.load_checkpoint()
+        self.drop_metrics_after_checkpoint()
+        if resumed:
             before = f" after {self.seconds_before:.0f} s of training" if self.seconds_before else ""
             on = f", {torch.get_num_threads()} torch thread(s)" if self.device.type == "cpu" else ""
             print(f"resumed from epoch {self.epoch}{before}{on}", flush=True)
@@ -321,7 +330,7 @@ class MetaTrainer:
 
     def resume_command(self) -> str:
         """The command line that continues this run."""
-        return f"dfmeta {'train' if self.method == 'tgr' else 'baseline ' + self.method} --resume {self.run.path}"
+        return f"{command_of(self.method)} --resume {self.run.path}"
 
     def reopen(self, res: dict[str, Any]) -> None:
         """Continue a run that a time limit ended: its meta-test result then (of the model selected on meta-val so far;
@@ -329,9 +338,8 @@ class MetaTrainer:
         n = res.get("epochs_run", 0)
         interim = self.run.path / f"results_epoch{n}.json"
         (self.run.path / "results.json").replace(interim)
-        rows = [{**{k: v for k, v in m.items() if k != "final_test"}, "interim_test": True} if m.get("final_test")
-                else m for m in self.run.metrics()]
-        atomic_write(self.run.path / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in rows))
+        self.run.rewrite_metrics([{**{k: v for k, v in m.items() if k != "final_test"}, "interim_test": True}
+                                  if m.get("final_test") else m for m in self.run.metrics()])
         print(f"continuing a run a time limit ended at epoch {n}/{self.cfg.epochs} (its meta-test then: "
               f"{interim.name})", flush=True)
 
@@ -354,33 +362,62 @@ class MetaTrainer:
         return out
 
 
+def command_of(method: str) -> str:
+    """The command that trains (and continues) a run of ``method``."""
+    return "dfmeta train" if method in ("tgr", "vanilla") else f"dfmeta baseline {method}"
+
+
+def resumed_config(cfg: MetaLoopConfig, method: str) -> MetaLoopConfig:
+    """The config a ``--resume`` call of ``method``'s command continues with: the run's ``config.json`` with the call's
+    :data:`CALL_SETTINGS`. Refuses, before anything is written, a run another command trains and a setting the run
+    fixes that the call gives another value (by a flag or a preset)."""
+    from dfmeta.report.collect import describe, load_run, read_object
+    path = Path(cfg.resume)
+    if not (path / "config.json").is_file():
+        raise DfmetaError(f"{path}: not a run directory (no config.json)")
+    stored = read_object(path / "config.json")
+    run = load_run(path, stored)
+    if run.kind != "train":
+        raise DfmetaError(f"{path} is {describe(run)}, not a meta-training run: there is nothing to resume")
+    if run.method != "?" and command_of(run.method) != command_of(method):
+        raise DfmetaError(f"{path} is a {run.method} run; resume it with the command that started it "
+                          f"({command_of(run.method)} --resume {path})")
+    defaults, now = to_dict(type(cfg)()), to_dict(cfg)
+    from_call = given(cfg)
+    if from_call is None:  # built in code: the fields it set away from the defaults
+        from_call = {k: "flag" for k in now if now[k] != defaults[k]}
+    fixed = [k for k in from_call if k not in (*CALL_SETTINGS, "resume") and now[k] != stored.get(k, defaults[k])]
+    if fixed:
+        flags = lambda ks: ", ".join("--" + k.replace("_", "-") for k in ks)  # noqa: E731
+        preset = " (from --preset)" if any(from_call[k] == "preset" for k in fixed) else ""
+        raise DfmetaError(f"{path}: {flags(fixed)}{preset} given with --resume, but the run's config.json fixes "
+                          f"{'it' if len(fixed) == 1 else 'them'} (start a new run to change them); a resume call "
+                          f"takes only {flags(CALL_SETTINGS)}")
+    settings = {k: getattr(cfg, k) for k in CALL_SETTINGS}
+    settings["threads"] = cfg.threads or stored.get("threads", 0)
+    return make(type(cfg), {**stored, "resume": "", **settings})
+
+
 def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str | None = None) -> dict[str, Any]:
-    """Run (or, with ``cfg.resume``, continue) one meta-training with ``trainer_cls``; returns the results."""
-    made_root = False
-    if cfg.resume:
-        path = Path(cfg.resume)
-        if not (path / "config.json").is_file():
-            raise DfmetaError(f"{path}: not a run directory (no config.json)")
-        stored = json.loads((path / "config.json").read_text())
-        given = {k: getattr(cfg, k) for k in CALL_SETTINGS}
-        given["threads"] = cfg.threads or stored.get("threads", 0)
-        stored.update(resume="", **given)
-        cfg = make(type(cfg), stored)
+    """Run (or, with ``cfg.resume``, continue) one meta-training with ``trainer_cls``; returns the results. The run
+    directory is locked while this call trains it; a new run that fails on bad input before any work is removed."""
+    resuming = bool(cfg.resume)
+    if resuming:
+        path = cfg.resume
+        cfg = resumed_config(cfg, trainer_cls.method)
         run = RunDir(path)
     else:
         if isinstance(cfg, MetaTrainConfig):
             from dfmeta.zoo.format import read_manifest
             read_manifest(cfg.zoo)  # a wrong zoo path fails before a run directory is made
-        made_root = not Path(cfg.out_dir).exists()
         run = RunDir.new(cfg.out_dir, cfg.dataset, name or trainer_cls.method, cfg.seed, cfg)
     print(f"run directory: {run.path}", flush=True)
     try:
-        return trainer_cls(cfg, run).fit()
+        with run.locked():
+            return trainer_cls(cfg, run).fit()
     except DfmetaError:
-        if not cfg.resume and {f.name for f in run.path.iterdir()} <= {"config.json", "env.jsonl"}:
-            shutil.rmtree(run.path)  # bad input caught before any work: leave no empty run directory behind
-            if made_root and not any(run.path.parent.iterdir()):
-                run.path.parent.rmdir()
+        if not resuming:
+            run.discard_if_unused()
         raise
 
 

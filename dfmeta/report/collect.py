@@ -334,6 +334,12 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     return run
 
 
+def describe(run: Run) -> str:
+    """What a run is, for a message: "a tgr training run", "a finetune evaluation run", ..."""
+    what = {"train": "training", "evaluate": "evaluation", "analysis": "analysis"}[run.kind]
+    return f"{'an' if run.method[:1] in 'aeiou' else 'a'} {run.method} {what} run"
+
+
 def collect(paths: list[str] | tuple[str, ...]) -> Collection:
     """Find, parse and sort every run below ``paths``."""
     out = Collection()
