@@ -86,6 +86,30 @@ def test_resume_refuses_settings_the_run_fixes(finished, capsys):
     assert main(["train", "--resume", str(finished), "--epochs", "2", "--device", "cpu", "--threads", "1"]) == 0
 
 
+def test_a_run_stopped_by_a_small_group_goes_on_with_a_small_groups_rule(zoo, tmp_path, monkeypatch):
+    """A run that stopped on a group of fewer than m teachers keeps its grouping: a resume call may give it
+    --small-groups merge (recorded in config.json), which the message names; a run under merge may not change it."""
+    import numpy as np
+
+    from dfmeta.meta.trainer import Trainer
+
+    def small_groups(self):  # the grouping as computed and cached, with a group of 2 < m = 3
+        labels = np.array([0, 0, 0, 0, 1, 1])
+        self.save_groups(labels, None, 0)
+        self.run.write_json("groups.json", {"labels": labels.tolist(), "sizes": [4, 2]})
+        return labels
+    with monkeypatch.context() as mp:
+        mp.setattr(Trainer, "group", small_groups)
+        with pytest.raises(DfmetaError, match=r"fewer than m = 3.*dfmeta train --resume \S+ --small-groups merge"):
+            train(tiny(zoo, tmp_path, small_groups="error", groups=2, teachers_per_epoch=3, epochs=1))
+    d = run_dir(tmp_path)
+    assert resume(d, small_groups="merge")["epochs_run"] == 1  # the cached groups, merged
+    assert json.loads((d / "config.json").read_text())["small_groups"] == "merge"
+    assert json.loads((d / "groups.json").read_text())["used_sizes"] == [6]
+    with pytest.raises(DfmetaError, match="--small-groups given with --resume"):
+        resume(d, small_groups="fewer")
+
+
 def test_group_run_dir_takes_only_a_group_run(zoo, finished, tmp_path, capsys):
     args = ["group", "--zoo", str(zoo), "--groups", "2", "--steps", "2", "--per-class", "2", "--nf", "8",
             "--fisher-samples", "2", "--device", "cpu", "--run-dir"]

@@ -253,7 +253,8 @@ def test_bad_input_before_compute(zoo, tmp_path):
 
     from dfmeta.meta.trainer import Trainer
     with pytest.raises(DfmetaError, match="a task group has 2 teachers, fewer than m = 4"):
-        Trainer.usable_groups(SimpleNamespace(cfg=SimpleNamespace(teachers_per_epoch=4, small_groups="error")),
+        Trainer.usable_groups(SimpleNamespace(cfg=SimpleNamespace(teachers_per_epoch=4, small_groups="error"),
+                                              run=SimpleNamespace(path="R")),
                               np.array([0, 0, 0, 0, 1, 1]))
     with pytest.raises(DfmetaError, match="'probe'"):
         make(TrainConfig, {"zoo": "z", "probe": "vgg16"})

@@ -41,7 +41,7 @@ from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
-from dfmeta.runs import RunDir, atomic_torch_save, resolve_device, seed_everything, set_threads
+from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
@@ -386,16 +386,28 @@ def resumed_config(cfg: MetaLoopConfig, method: str) -> MetaLoopConfig:
     from_call = given(cfg)
     if from_call is None:  # built in code: the fields it set away from the defaults
         from_call = {k: "flag" for k in now if now[k] != defaults[k]}
-    fixed = [k for k in from_call if k not in (*CALL_SETTINGS, "resume") and now[k] != stored.get(k, defaults[k])]
+    # a run that stopped on a group smaller than m trained no epoch: it may go on with another small_groups rule
+    open_now = ("small_groups",) if stored.get("small_groups") == "error" else ()
+    fixed = [k for k in from_call
+             if k not in (*CALL_SETTINGS, *open_now, "resume") and now[k] != stored.get(k, defaults[k])]
     if fixed:
         flags = lambda ks: ", ".join("--" + k.replace("_", "-") for k in ks)  # noqa: E731
         preset = " (from --preset)" if any(from_call[k] == "preset" for k in fixed) else ""
         raise DfmetaError(f"{path}: {flags(fixed)}{preset} given with --resume, but the run's config.json fixes "
-                          f"{'it' if len(fixed) == 1 else 'them'} (start a new run to change them); a resume call "
+                          f"{(it := 'it' if len(fixed) == 1 else 'them')} (start a new run to change {it}); a resume call "
                           f"takes only {flags(CALL_SETTINGS)}")
-    settings = {k: getattr(cfg, k) for k in CALL_SETTINGS}
+    settings = {k: getattr(cfg, k) for k in (*CALL_SETTINGS, *(k for k in open_now if k in from_call))}
     settings["threads"] = cfg.threads or stored.get("threads", 0)
     return make(type(cfg), {**stored, "resume": "", **settings})
+
+
+def keep_small_groups_rule(run: RunDir, cfg: MetaLoopConfig) -> None:
+    """Record in ``config.json`` a small-groups rule a resume call gave a run that had stopped on a small group (the
+    one setting besides :data:`CALL_SETTINGS` such a call may change, see :func:`resumed_config`)."""
+    stored = json.loads((run.path / "config.json").read_text())
+    rule = getattr(cfg, "small_groups", None)
+    if stored.get("small_groups") == "error" and rule not in (None, "error"):
+        atomic_write(run.path / "config.json", json.dumps({**stored, "small_groups": rule}, indent=2) + "\n")
 
 
 def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str | None = None) -> dict[str, Any]:
@@ -414,6 +426,8 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
     print(f"run directory: {run.path}", flush=True)
     try:
         with run.locked():
+            if resuming:
+                keep_small_groups_rule(run, cfg)
             return trainer_cls(cfg, run).fit()
     except DfmetaError:
         if not resuming:

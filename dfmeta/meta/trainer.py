@@ -315,8 +315,9 @@ class Trainer(MetaTrainer):
         small = [int(g) for g in np.flatnonzero(sizes) if sizes[g] < m]
         if small and self.cfg.small_groups == "error":
             raise DfmetaError(f"a task group has {sizes[small[0]]} teachers, fewer than m = {m} (group sizes "
-                              f"{sizes.tolist()}); use fewer --groups, a smaller --teachers-per-epoch, or "
-                              f"--small-groups merge or fewer")
+                              f"{sizes.tolist()}); go on with these groups by `dfmeta train --resume "
+                              f"{self.run.path} --small-groups merge` (or fewer), or start again with fewer "
+                              f"--groups or a smaller --teachers-per-epoch")
         if small and self.cfg.small_groups == "fewer":
             from dfmeta.grouping import fewer_groups
             if self.group_W is None:
