@@ -108,3 +108,15 @@ def test_manifest_errors(tmp_path):
         load_zoo(tmp_path)
     with pytest.raises(DfmetaError, match="holds no usable model"):
         load_zoo(tmp_path, skip_bad=True)
+
+
+def test_dataset_warning_names_a_zoo_of_other_datasets() -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from dfmeta.zoo.format import Zoo
+    zoo = Zoo(Path("z"), [SimpleNamespace(dataset="cifar-fs"), SimpleNamespace(dataset="cifar-fs")])
+    assert zoo.dataset_warning(["cifar-fs"]) == ""
+    assert "come from cifar-fs, not embedded" in zoo.dataset_warning(["embedded"])
+    assert "no teacher of the zoo comes from omniglot" in zoo.dataset_warning(["cifar-fs", "omniglot"])
+    assert Zoo(Path("z"), [SimpleNamespace(dataset="")]).dataset_warning(["embedded"]) == ""  # provenance unknown

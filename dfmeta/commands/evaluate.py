@@ -11,7 +11,7 @@ from dfmeta.baselines import BASELINES, NEEDS_ZOO, BaselineInput, Initialisation
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig, EvalFields
 from dfmeta.data.dataset import FewShotSplit
-from dfmeta.data.domains import load_domains
+from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
 
@@ -64,10 +64,14 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     if cfg.zoo:
         from dfmeta.zoo import load_zoo
         zoo = load_zoo(cfg.zoo)
+        if warning := zoo.dataset_warning(dataset_names(cfg.dataset)):
+            print(warning, flush=True)
     channels = zoo[0].in_channels if zoo is not None and len(zoo) else None
     splits = load_domains(cfg.dataset, cfg.split, cfg.data_root, cfg.image_size or None, channels)
     cfg.check_episodes(splits)
     inp = BaselineInput(cfg.arch, cfg.ways, splits[0].image_size, splits[0].channels, cfg.seed, zoo, device)
+    if zoo is not None:
+        print(f"{cfg.method}: building the initialisation from the zoo's {len(zoo)} teachers", flush=True)
     init = BASELINES[cfg.method](inp)
     run = RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
     run.record_environment(device)

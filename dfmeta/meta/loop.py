@@ -181,10 +181,8 @@ class MetaTrainer:
             self.zoo.teachers = [self.zoo.teachers[i] for i in sorted(keep.tolist())]
         self._check_zoo()
         self.check()
-        missing = sorted(set(dataset_names(cfg.dataset)) - {t.dataset for t in self.zoo.teachers})
-        if len(dataset_names(cfg.dataset)) > 1 and missing:
-            print(f"warning: no teacher of the zoo comes from {', '.join(missing)} (the multi-domain scenario "
-                  f"expects teachers of every dataset in {cfg.dataset!r}; `dfmeta zoo merge` joins zoos)", flush=True)
+        if warning := self.zoo.dataset_warning(dataset_names(cfg.dataset)):
+            print(warning, flush=True)
 
     def _check_zoo(self) -> None:
         cfg, zoo = self.cfg, self.zoo

@@ -87,6 +87,19 @@ class Zoo:
     def __getitem__(self, i: int) -> Teacher:
         return self.teachers[i]
 
+    def dataset_warning(self, datasets: list[str]) -> str:
+        """A warning when the teachers do not come from the ``datasets`` a command trains or evaluates on (no teacher
+        of one of them; a zoo whose teachers name no dataset is not judged); empty when they do."""
+        have = {t.dataset for t in self.teachers} - {""}
+        missing = [d for d in datasets if d not in have]
+        if not have or not missing:
+            return ""
+        if len(datasets) == 1:
+            return (f"warning: the zoo's teachers come from {', '.join(sorted(have))}, not {datasets[0]}: the "
+                    f"results then measure a transfer across datasets, not the paper's setting")
+        return (f"warning: no teacher of the zoo comes from {', '.join(missing)} (the multi-domain scenario expects "
+                f"teachers of every dataset in {'+'.join(datasets)}; `dfmeta zoo merge` joins zoos)")
+
     def by_arch(self) -> dict[str, list[int]]:
         """Teacher indices grouped by architecture."""
         out: dict[str, list[int]] = {}
