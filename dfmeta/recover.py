@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from dfmeta.config import learning_rates, require
 from dfmeta.cuda_graph import Graphed
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import grouped, stack_params
@@ -89,8 +90,7 @@ class RecoveryConfig:
         for name in ("steps", "per_class", "nz", "nf"):
             if getattr(self, name) < 1:
                 raise DfmetaError(f"field {name!r}: must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise DfmetaError(f"field 'lr': must be positive, got {self.lr}")
+        require(learning_rates(self, "lr"))
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
         for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),

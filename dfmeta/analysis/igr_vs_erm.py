@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from dfmeta.config import to_dict
+from dfmeta.config import learning_rates, require, to_dict
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.igr import igr_gradient
 from dfmeta.meta.loop import epoch_seed
@@ -63,6 +63,7 @@ class IGRvsERMConfig(RecoveryConfig):
             raise DfmetaError("field 'zoo': pass --zoo DIR")
         if self.epochs < 1 or self.teachers_per_epoch < 2:
             raise DfmetaError("fields 'epochs' >= 1 and 'teachers_per_epoch' >= 2 expected (a cosine needs 2 tasks)")
+        require(learning_rates(self, "meta_lr"))
 
 
 def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:

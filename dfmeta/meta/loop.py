@@ -27,6 +27,7 @@ run continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from dfmeta.commands.common import DataConfig, EvalFields
-from dfmeta.config import make, require, to_dict
+from dfmeta.config import learning_rates, make, require, to_dict
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
@@ -80,10 +81,16 @@ class MetaLoopConfig(DataConfig, EvalFields):
 
     def validate(self) -> None:
         DataConfig.validate(self)
+        EvalFields.validate(self)
         require([
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.val_every >= 1, "val_every", ">= 1"),
             (self.train_shot >= 1, "train_shot", ">= 1"),
+            (self.val_episodes >= 1, "val_episodes", f">= 1, got {self.val_episodes}"),
+            *learning_rates(self, "meta_lr"),
+            (self.stop_after >= 0, "stop_after", f">= 0 (0: run to the end), got {self.stop_after}"),
+            (math.isfinite(self.time_limit) and self.time_limit >= 0, "time_limit",
+             f"seconds >= 0 (0: no limit), got {self.time_limit}"),
         ])
 
 

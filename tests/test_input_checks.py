@@ -1,0 +1,47 @@
+"""User mistakes in flags and files: one-line errors before any work (no traceback, no run directory)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dfmeta.cli import main
+
+
+def run_cli(argv: list[str], capsys) -> str:
+    """Run the CLI; assert a usage error (exit 2) and return its one-line message."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags,field", [
+    (["--queries", "0"], "queries"), (["--queries", "-1"], "queries"), (["--episodes", "0"], "episodes"),
+    (["--episodes", "-5"], "episodes"), (["--ways", "0"], "ways"), (["--ways", "1"], "ways"),
+    (["--image-size", "-1"], "image_size"), (["--episode-batch", "-1"], "episode_batch"),
+    (["--shots", "0"], "shots"), (["--shots", "1", "-5"], "shots"), (["--eval-steps", "-1"], "eval_steps"),
+    (["--eval-lr", "nan"], "eval_lr"), (["--eval-lr", "0"], "eval_lr"), (["--eval-lr", "inf"], "eval_lr"),
+])
+def test_bad_protocol_numbers_fail_up_front(flags, field, tmp_path, capsys) -> None:
+    for cmd in (["evaluate"], ["train", "--zoo", str(tmp_path / "zoo")]):
+        err = run_cli([*cmd, "--out-dir", str(tmp_path / "runs"), *flags], capsys)
+        assert f"field {field!r}: expected" in err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv,field", [
+    (["train", "--zoo", "Z", "--meta-lr", "-1", "--grouping", "off"], "meta_lr"),
+    (["train", "--zoo", "Z", "--rec-lr", "nan"], "rec_lr"),
+    (["train", "--zoo", "Z", "--inner-lr", "0"], "inner_lr"),
+    (["train", "--zoo", "Z", "--time-limit", "-5"], "time_limit"),
+    (["train", "--zoo", "Z", "--stop-after", "-1"], "stop_after"),
+    (["train", "--zoo", "Z", "--val-episodes", "0"], "val_episodes"),
+    (["zoo", "build", "--lr", "-1"], "lr"),
+    (["analyse", "igr", "--zoo", "Z", "--meta-lr", "-1"], "meta_lr"),
+    (["analyse", "igr", "--zoo", "Z", "--lr", "inf"], "lr"),
+    (["baseline", "purer", "--zoo", "Z", "--inv-lr", "-1"], "inv_lr"),
+    (["baseline", "bidf-mkd", "--zoo", "Z", "--inner-lr", "nan"], "inner_lr"),
+    (["baseline", "dro", "--zoo", "Z", "--flow-lr", "inf"], "flow_lr"),
+])
+def test_bad_learning_rates_and_limits_fail_up_front(argv, field, capsys) -> None:
+    assert f"field {field!r}: expected" in run_cli(argv, capsys)
