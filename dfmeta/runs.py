@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from dfmeta.config import to_dict
+from dfmeta.errors import DfmetaError
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
@@ -54,10 +56,28 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+_DEVICE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
+    """``auto`` picks CUDA when available, else CPU. A device this machine lacks, or a name torch does not know, is a
+    one-line :class:`DfmetaError` (configs call this in ``validate``: before any run or zoo directory is made)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = _DEVICE.fullmatch(name)
+    if m is None:
+        raise DfmetaError(f"field 'device': expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if m[1] == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DfmetaError(f"field 'device': {name} requested, but CUDA is not available ({why}); "
+                              "use --device cpu or auto")
+        n = torch.cuda.device_count()
+        if m[2] is not None and int(m[2]) >= n:
+            raise DfmetaError(f"field 'device': {name} requested, but this machine has {n} CUDA device(s) "
+                              f"(cuda:0 to cuda:{n - 1})")
+    if m[1] == "mps" and not torch.backends.mps.is_available():
+        raise DfmetaError(f"field 'device': {name} requested, but MPS is not available; use --device cpu or auto")
     return torch.device(name)
 
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from dfmeta.cli import main
+from dfmeta.errors import DfmetaError
+from dfmeta.runs import resolve_device
+from conftest import make_zoo
+
+
+@pytest.fixture
+def tiny_zoo_dir(tmp_path):
+    return make_zoo(tmp_path / "zoo", n=4)
 
 
 def run_cli(argv: list[str], capsys) -> str:
@@ -45,3 +54,26 @@ def test_bad_protocol_numbers_fail_up_front(flags, field, tmp_path, capsys) -> N
 ])
 def test_bad_learning_rates_and_limits_fail_up_front(argv, field, capsys) -> None:
     assert f"field {field!r}: expected" in run_cli(argv, capsys)
+
+
+@pytest.mark.parametrize("device,says", [("gpu", "expected auto, cpu, cuda, cuda:N or mps"),
+                                         ("cuda", "CUDA is not available"), ("cuda:1", "CUDA is not available"),
+                                         ("cuda:x", "expected auto")])
+def test_a_device_this_machine_lacks_fails_before_any_directory(device, says, tmp_path, capsys, monkeypatch,
+                                                                tiny_zoo_dir) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out, zoo = tmp_path / "runs", tmp_path / "new-zoo"
+    for argv in (["evaluate", "--out-dir", str(out)], ["train", "--zoo", str(tiny_zoo_dir), "--out-dir", str(out)],
+                 ["zoo", "build", "--zoo", str(zoo)], ["group", "--zoo", str(tiny_zoo_dir), "--out-dir", str(out)],
+                 ["analyse", "igr", "--zoo", str(tiny_zoo_dir), "--out-dir", str(out)]):
+        err = run_cli([*argv, "--device", device], capsys)
+        assert "field 'device'" in err and says in err
+    assert not out.exists() and not zoo.exists()
+
+
+def test_a_cuda_index_beyond_the_device_count_is_refused(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(DfmetaError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")

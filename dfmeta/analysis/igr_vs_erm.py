@@ -64,6 +64,7 @@ class IGRvsERMConfig(RecoveryConfig):
         if self.epochs < 1 or self.teachers_per_epoch < 2:
             raise DfmetaError("fields 'epochs' >= 1 and 'teachers_per_epoch' >= 2 expected (a cosine needs 2 tasks)")
         require(learning_rates(self, "meta_lr"))
+        resolve_device(self.device)
 
 
 def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:

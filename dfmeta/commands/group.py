@@ -46,6 +46,7 @@ class GroupCommandConfig(RecoveryConfig, GroupingConfig):
     def validate(self) -> None:
         RecoveryConfig.validate(self)
         GroupingConfig.validate(self)
+        resolve_device(self.device)
         if not self.zoo:
             raise DfmetaError("field 'zoo': pass --zoo DIR")
         for name in ("chunk", "threads"):
