@@ -35,6 +35,18 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
+def expect_directory(path: str | os.PathLike, flag: str) -> None:
+    """Raise a one-line error when ``path`` (a directory to use or make, given as ``flag``) or a folder above it is a
+    file: a mistake that would otherwise surface as FileExistsError or NotADirectoryError after the work."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                found = "" if p == path else f" ({p})"
+                raise DfmetaError(f"{flag} {path}: expected a directory, found a file{found}")
+            return
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     import io

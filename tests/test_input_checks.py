@@ -77,3 +77,23 @@ def test_a_cuda_index_beyond_the_device_count_is_refused(monkeypatch) -> None:
     assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(DfmetaError, match="has 2 CUDA device"):
         resolve_device("cuda:2")
+
+
+def test_a_file_where_a_directory_is_expected(tmp_path, capsys, tiny_zoo_dir, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "text.txt").write_text("not a folder\n")
+    cases = [
+        (["zoo", "import", "--src", "authors", "--dst", "text.txt"], "--dst text.txt"),
+        (["zoo", "build", "--zoo", "text.txt"], "--zoo text.txt"),
+        (["zoo", "merge", "--src", str(tiny_zoo_dir), str(tiny_zoo_dir), "--dst", "text.txt"], "--dst text.txt"),
+        (["data", "prepare", "--out", "text.txt"], "--out text.txt"),
+        (["train", "--zoo", str(tiny_zoo_dir), "--out-dir", "text.txt"], "--out-dir text.txt"),
+        (["evaluate", "--out-dir", "text.txt/sub"], "--out-dir text.txt/sub"),
+        (["group", "--zoo", str(tiny_zoo_dir), "--out-dir", "text.txt"], "--out-dir text.txt"),
+        (["demo", "--out-dir", "text.txt"], "--out-dir text.txt"),
+        (["report", "runs", "--out", "text.txt/r.md"], "--out text.txt"),
+    ]
+    for argv, says in cases:
+        err = run_cli(argv, capsys)
+        assert f"{says}: expected a directory, found a file" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text.txt", "zoo"]

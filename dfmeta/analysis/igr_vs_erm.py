@@ -23,7 +23,7 @@ from dfmeta.meta.igr import igr_gradient
 from dfmeta.meta.loop import epoch_seed
 from dfmeta.nets import build, params_of
 from dfmeta.recover import RecoveryConfig, normalise, recover_tasks
-from dfmeta.runs import RunDir, atomic_torch_save, resolve_device, seed_everything, set_threads
+from dfmeta.runs import RunDir, atomic_torch_save, expect_directory, resolve_device, seed_everything, set_threads
 
 VARIANTS = {"igr": "first", "erm": "off"}
 
@@ -65,6 +65,7 @@ class IGRvsERMConfig(RecoveryConfig):
             raise DfmetaError("fields 'epochs' >= 1 and 'teachers_per_epoch' >= 2 expected (a cosine needs 2 tasks)")
         require(learning_rates(self, "meta_lr"))
         resolve_device(self.device)
+        expect_directory(self.run_dir or self.out_dir, "--run-dir" if self.run_dir else "--out-dir")
 
 
 def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:

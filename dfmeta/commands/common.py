@@ -9,7 +9,7 @@ from dfmeta.config import learning_rates, require
 from dfmeta.data.domains import check_dataset_spec
 from dfmeta.data.registry import default_data_root
 from dfmeta.errors import DfmetaError
-from dfmeta.runs import resolve_device
+from dfmeta.runs import expect_directory, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -39,6 +39,7 @@ class DataConfig:
     def validate(self) -> None:
         check_dataset_spec(self.dataset)
         resolve_device(self.device)  # a device this machine lacks fails before any run or zoo directory is made
+        expect_directory(self.out_dir, "--out-dir")
         if self.threads < 0:
             raise DfmetaError(f"field 'threads': must be non-negative (0: torch's default), got {self.threads}")
         image_size = getattr(self, "image_size", 0)  # a field of most commands that load data

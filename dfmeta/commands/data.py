@@ -9,6 +9,7 @@ from dfmeta.cli import Command
 from dfmeta.data.dataset import save_split_file
 from dfmeta.data.registry import DATASETS, default_data_root, load_split
 from dfmeta.errors import DfmetaError
+from dfmeta.runs import expect_directory
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class PrepareConfig:
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}")
+        expect_directory(self.out, "--out")
 
 
 def run_prepare(cfg: PrepareConfig) -> None:
