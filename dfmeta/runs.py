@@ -8,6 +8,7 @@ import random
 import re
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,25 @@ def expect_directory(path: str | os.PathLike, flag: str) -> None:
                 found = "" if p == path else f" ({p})"
                 raise DfmetaError(f"{flag} {path}: expected a directory, found a file{found}")
             return
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object ``{...}`` in ``path``; a one-line error where the file is not valid JSON (e.g. cut short by a
+    kill) or holds something else."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DfmetaError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise DfmetaError(f"{path}: expected a JSON object {{...}}, found a {type(doc).__name__}")
+    return doc
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a whole ``torch.save`` file (a zip archive with its directory at the end: a file
+    cut short lacks it). Cheap: reads only the file's end."""
+    return zipfile.is_zipfile(path)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

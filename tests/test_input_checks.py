@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 import torch
 
 from dfmeta.cli import main
-from dfmeta.errors import DfmetaError
+from dfmeta.errors import DfmetaError, reason
 from dfmeta.runs import resolve_device
 from conftest import make_zoo
 
@@ -97,3 +100,55 @@ def test_a_file_where_a_directory_is_expected(tmp_path, capsys, tiny_zoo_dir, mo
         err = run_cli(argv, capsys)
         assert f"{says}: expected a directory, found a file" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text.txt", "zoo"]
+
+
+def tgr_run(path, zoo):
+    """A TGR run directory with a whole config.json and a checkpoint.pt cut short by a kill."""
+    from dfmeta.config import make, to_dict
+    from dfmeta.meta.trainer import TrainConfig
+    path.mkdir()
+    cfg = to_dict(make(TrainConfig, dict(zoo=str(zoo), image_size=16, device="cpu")))
+    (path / "config.json").write_text(json.dumps(cfg))
+    buf = io.BytesIO()
+    torch.save({"epoch": 1, "params": {"w": torch.zeros(100)}}, buf)
+    (path / "checkpoint.pt").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return path
+
+
+def test_a_truncated_authors_manifest_is_a_one_line_error(tmp_path, capsys) -> None:
+    authors = tmp_path / "authors"
+    (authors / "model").mkdir(parents=True)
+    (authors / "manifest.json").write_text('{"classes": ["a", "b"')  # cut short
+    err = run_cli(["zoo", "import", "--src", str(authors), "--dst", str(tmp_path / "imported")], capsys)
+    assert "manifest.json: not valid JSON" in err and not (tmp_path / "imported").exists()
+
+
+def test_a_manifest_that_is_no_object_is_a_one_line_error(tmp_path, capsys) -> None:
+    listed = make_zoo(tmp_path / "listed", n=1)
+    (listed / "manifest.json").write_text("[]\n")
+    assert "manifest.json: expected a JSON object" in run_cli(["zoo", "info", "--zoo", str(listed)], capsys)
+
+
+def test_resuming_a_run_with_files_cut_short_is_a_one_line_error(tmp_path, capsys, tiny_zoo_dir) -> None:
+    run = tgr_run(tmp_path / "run", tiny_zoo_dir)
+    err = run_cli(["train", "--resume", str(run)], capsys)
+    assert "checkpoint.pt: not a readable checkpoint (truncated or corrupt)" in err
+    (run / "config.json").write_text((run / "config.json").read_text()[:50])
+    assert "config.json: not valid JSON" in run_cli(["train", "--resume", str(run)], capsys)
+
+
+def test_analyse_igr_refuses_to_continue_another_commands_run(tmp_path, capsys, tiny_zoo_dir) -> None:
+    run = tgr_run(tmp_path / "run", tiny_zoo_dir)
+    before = sorted(p.name for p in run.iterdir())
+    err = run_cli(["analyse", "igr", "--zoo", str(tiny_zoo_dir), "--run-dir", str(run)], capsys)
+    assert "not an `analyse igr` run" in err and sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_wrapped_error_is_cut_at_a_sentence_or_word_not_mid_word() -> None:
+    long = ("PytorchStreamReader failed reading zip archive: failed finding central directory. " * 3
+            + "This is an internal miniz error. If you see this, please report it")
+    text = reason(RuntimeError(long + "\nsecond line"))
+    assert text.startswith("RuntimeError: PytorchStreamReader") and "second line" not in text
+    assert text.endswith("directory.") and len(text) <= 260
+    assert reason(OSError("short message\nmore")) == "OSError: short message"
+    assert reason(ValueError("word " * 100)).endswith("word ...")

@@ -43,7 +43,8 @@ from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
-from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
+from dfmeta.runs import (RunDir, atomic_torch_save, atomic_write, is_torch_file, read_json_object, resolve_device,
+                         seed_everything, set_threads)
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
@@ -92,6 +93,12 @@ class MetaLoopConfig(DataConfig, EvalFields):
             (math.isfinite(self.time_limit) and self.time_limit >= 0, "time_limit",
              f"seconds >= 0 (0: no limit), got {self.time_limit}"),
         ])
+        if self.resume:  # a run's files cut short by a kill: a clear error now, not a traceback from the loop
+            run = Path(self.resume)
+            if (run / "config.json").is_file():
+                read_json_object(run / "config.json")
+            if (run / "checkpoint.pt").is_file() and not is_torch_file(run / "checkpoint.pt"):
+                raise DfmetaError(f"{run / 'checkpoint.pt'}: not a readable checkpoint (truncated or corrupt)")
 
 
 @dataclass(frozen=True)
