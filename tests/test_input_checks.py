@@ -152,3 +152,15 @@ def test_a_wrapped_error_is_cut_at_a_sentence_or_word_not_mid_word() -> None:
     assert text.endswith("directory.") and len(text) <= 260
     assert reason(OSError("short message\nmore")) == "OSError: short message"
     assert reason(ValueError("word " * 100)).endswith("word ...")
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["data", "prepare", "--max-per-class", "-5"], "field 'max_per_class': expected >= 0"),
+    (["zoo", "import", "--src", "A", "--dst", "B", "--dataset", "cifar-fss"], "unknown dataset 'cifar-fss'"),
+    (["zoo", "import", "--src", "A", "--dst", "B", "--dataset", "cifar-fs+omniglot"], "one dataset expected"),
+    (["data", "prepare", "--dataset", "cifar-fs+omniglot"], "one dataset expected"),
+])
+def test_nonsense_values_are_refused(argv, says, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert says in run_cli(argv, capsys)
+    assert not any(tmp_path.iterdir())

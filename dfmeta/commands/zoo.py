@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig
-from dfmeta.data.domains import dataset_names, with_channels
+from dfmeta.data.domains import check_dataset_spec, dataset_names, with_channels
 from dfmeta.data.registry import DATASETS, default_data_root, load_split
 from dfmeta.errors import DfmetaError
 from dfmeta.runs import expect_directory, resolve_device, seed_everything
@@ -78,6 +78,7 @@ class ZooImportConfig:
             if not getattr(self, name):
                 raise DfmetaError(f"field {name!r}: required (--{name} DIR)")
         expect_directory(self.dst, "--dst")
+        check_dataset_spec(self.dataset, single=True)  # recorded per teacher: a typo would go unnoticed
 
 
 def run_import(cfg: ZooImportConfig) -> None:
@@ -104,9 +105,8 @@ class ZooInfoConfig:
     def validate(self) -> None:
         if not self.zoo:
             raise DfmetaError("field 'zoo': required (--zoo DIR)")
-        if self.dataset and self.dataset not in DATASETS:
-            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}; "
-                              f"expected one of: {', '.join(sorted(DATASETS))}")
+        if self.dataset:
+            check_dataset_spec(self.dataset, single=True)
 
 
 def run_info(cfg: ZooInfoConfig) -> None:
