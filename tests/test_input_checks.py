@@ -164,3 +164,17 @@ def test_nonsense_values_are_refused(argv, says, tmp_path, capsys, monkeypatch) 
     monkeypatch.chdir(tmp_path)
     assert says in run_cli(argv, capsys)
     assert not any(tmp_path.iterdir())
+
+
+def test_zoo_merge_refuses_a_zoo_twice_and_leaves_nothing_when_refused(tmp_path, capsys, tiny_zoo_dir) -> None:
+    dst = tmp_path / "merged"
+    alias = tmp_path / "alias"
+    alias.symlink_to(tiny_zoo_dir)
+    for src in ([str(tiny_zoo_dir), str(tiny_zoo_dir)], [str(tiny_zoo_dir), str(alias)],
+                [str(tiny_zoo_dir), str(tiny_zoo_dir) + "/"]):
+        err = run_cli(["zoo", "merge", "--src", *src, "--dst", str(dst)], capsys)
+        assert "is given twice" in err
+    assert not dst.exists()
+    other = make_zoo(tmp_path / "big", n=2, size=20)  # another image size: refused after the first zoo's teachers
+    err = run_cli(["zoo", "merge", "--src", str(tiny_zoo_dir), str(other), "--dst", str(dst)], capsys)
+    assert "20px" in err and not (dst.exists() and any(dst.iterdir()))
