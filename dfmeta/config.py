@@ -18,6 +18,7 @@ import ast
 import dataclasses
 import inspect
 import json
+import math
 import re
 import textwrap
 import typing
@@ -148,6 +149,17 @@ def require(checks: list[tuple[bool, str, str]]) -> None:
     for ok, name, expected in checks:
         if not ok:
             raise DfmetaError(f"field {name!r}: expected {expected}")
+
+
+def finite_positive(x: Any) -> bool:
+    """Whether ``x`` is a finite number > 0 (a learning rate, a step size)."""
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def learning_rates(cfg: Any, *names: str) -> list[tuple[bool, str, str]]:
+    """:func:`require` checks that the fields ``names`` of ``cfg`` are finite learning rates > 0."""
+    return [(finite_positive(getattr(cfg, n)), n, f"a finite learning rate > 0, got {getattr(cfg, n)!r}")
+            for n in names]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from dfmeta.errors import reason
+
 
 class Graphed:
     """``fn`` replayed as a CUDA graph after ``warmup`` eager calls (see the module docstring)."""
@@ -50,8 +52,8 @@ class Graphed:
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self.outputs = self.fn(*self.inputs)
             except Exception as e:  # noqa: BLE001 - an uncapturable step still runs, eagerly
-                print(f"warning: CUDA-graph capture of the {self.name} failed ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0][:160]}); running it eagerly", flush=True)
+                print(f"warning: CUDA-graph capture of the {self.name} failed ({reason(e)}); running it eagerly",
+                      flush=True)
                 self.enabled, self.inputs, self.outputs = False, [], ()
                 return self.fn(*inputs)
             self.graph = graph

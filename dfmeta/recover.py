@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from dfmeta.config import learning_rates, require
 from dfmeta.cuda_graph import Graphed
-from dfmeta.errors import DfmetaError
+from dfmeta.errors import DfmetaError, reason
 from dfmeta.nets import grouped, stack_params
 from dfmeta.nets.generator import Generator
 from dfmeta.zoo.format import Teacher
@@ -89,8 +90,7 @@ class RecoveryConfig:
         for name in ("steps", "per_class", "nz", "nf"):
             if getattr(self, name) < 1:
                 raise DfmetaError(f"field {name!r}: must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise DfmetaError(f"field 'lr': must be positive, got {self.lr}")
+        require(learning_rates(self, "lr"))
         if self.bn_weight < 0:
             raise DfmetaError(f"field 'bn_weight': must be non-negative, got {self.bn_weight}")
         for name, allowed in (("amp", ("auto", "off", "bf16")), ("graph", ("auto", "off", "on")),
@@ -348,8 +348,8 @@ def _compiled_step_loss() -> Callable:
                     with dynamo_config.patch(**limit):  # teacher counts x precisions: more than the default 8
                         return compiled(*args)
                 except Exception as e:  # noqa: BLE001 - a compiler failure must not stop the run
-                    print(f"warning: torch.compile of the recovery step failed ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:160] if str(e) else ''}); running it eagerly", flush=True)
+                    print(f"warning: torch.compile of the recovery step failed ({reason(e)}); running it eagerly",
+                          flush=True)
                     _COMPILED["fn"] = _step_loss
             return _step_loss(*args)
         _COMPILED["fn"] = call

@@ -6,9 +6,11 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,6 +49,37 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
+def expect_directory(path: str | os.PathLike, flag: str) -> None:
+    """Raise a one-line error when ``path`` (a directory to use or make, given as ``flag``) or a folder above it is a
+    file: a mistake that would otherwise surface as FileExistsError or NotADirectoryError after the work."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                found = "" if p == path else f" ({p})"
+                raise DfmetaError(f"{flag} {path}: expected a directory, found a file{found}")
+            return
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object ``{...}`` in ``path``; a one-line error where the file is not valid JSON (e.g. cut short by a
+    kill) or holds something else."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DfmetaError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise DfmetaError(f"{path}: expected a JSON object {{...}}, found a {type(doc).__name__}")
+    return doc
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a whole ``torch.save`` file (a zip archive with its directory at the end: a file
+    cut short lacks it). Cheap: reads only the file's end."""
+    return zipfile.is_zipfile(path)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_write`."""
     import io
@@ -68,10 +101,28 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+_DEVICE = re.compile(r"(cpu|cuda|mps)(?::(\d+))?")
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
+    """``auto`` picks CUDA when available, else CPU. A device this machine lacks, or a name torch does not know, is a
+    one-line :class:`DfmetaError` (configs call this in ``validate``: before any run or zoo directory is made)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = _DEVICE.fullmatch(name)
+    if m is None:
+        raise DfmetaError(f"field 'device': expected auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if m[1] == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DfmetaError(f"field 'device': {name} requested, but CUDA is not available ({why}); "
+                              "use --device cpu or auto")
+        n = torch.cuda.device_count()
+        if m[2] is not None and int(m[2]) >= n:
+            raise DfmetaError(f"field 'device': {name} requested, but this machine has {n} CUDA device(s) "
+                              f"(cuda:0 to cuda:{n - 1})")
+    if m[1] == "mps" and not torch.backends.mps.is_available():
+        raise DfmetaError(f"field 'device': {name} requested, but MPS is not available; use --device cpu or auto")
     return torch.device(name)
 
 

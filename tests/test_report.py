@@ -266,20 +266,37 @@ def test_without_matplotlib_still_writes_markdown(tmp_path, monkeypatch, capsys)
     assert "Task dissimilarity (Fig. 4)" in out.read_text() and not (tmp_path / "plots").exists()
 
 
+def test_a_run_cut_short_by_a_kill_does_not_stop_the_report(tmp_path) -> None:
+    """A truncated results.json leaves that run out (with the reason); a truncated last line of metrics.jsonl is
+    skipped with a note; the other runs are reported."""
+    runs = tmp_path / "runs"
+    cut = train_run(runs, "cifar-fs__tgr__0__cut", {1: (40.0, 0.6)})
+    (cut / "results.json").write_text((cut / "results.json").read_text()[:20])
+    tail = train_run(runs, "cifar-fs__tgr__1__tail", {1: (42.0, 0.8)})
+    with open(tail / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 101, "lo')
+    text = build_report([str(runs)])
+    assert "cifar-fs__tgr__0__cut/results.json: not valid JSON" in table(text, "Left out")
+    assert "42.00" in text
+    assert "metrics.jsonl: line 101, the last, is cut short" in table(text, "Read with a note")
+
+
 def test_malformed_and_left_out_inputs(tmp_path) -> None:
+    # a broken run is left out with the reason; the others are reported
     bad = train_run(tmp_path / "a", "bad", {1: (40.0, 0.6)})
     (bad / "results.json").write_text("{not json")
-    with pytest.raises(DfmetaError, match=re.escape(str(bad / "results.json")) + ": not valid JSON"):
-        build_report([str(tmp_path / "a")])
+    train_run(tmp_path / "a", "fine", {1: (41.0, 0.6)})
+    text = build_report([str(tmp_path / "a")])
+    assert re.search(re.escape(str(bad / "results.json")) + ": not valid JSON", table(text, "Left out"))
+    assert "41.00" in text
     lines = train_run(tmp_path / "b", "lines", None)
     with open(lines / "metrics.jsonl", "a") as fh:
-        fh.write("{oops\n")
-    with pytest.raises(DfmetaError, match=re.escape(str(lines / "metrics.jsonl")) + r":101: not valid JSON"):
-        build_report([str(tmp_path / "b")])
+        fh.write("{oops\n{\"epoch\": 1}\n")
+    assert re.search(re.escape(str(lines / "metrics.jsonl")) + r":101: not valid JSON",
+                     table(build_report([str(tmp_path / "b")]), "Left out"))
     shape = train_run(tmp_path / "c", "shape", {1: (40.0, 0.6)})
     _write(shape, "results.json", {"method": "tgr", "test": {"1": {"acc": "high"}}})
-    with pytest.raises(DfmetaError, match="needs numbers 'acc' and 'ci95'"):
-        build_report([str(tmp_path / "c")])
+    assert "needs numbers 'acc' and 'ci95'" in table(build_report([str(tmp_path / "c")]), "Left out")
     _analyses(tmp_path / "w")
     _write(tmp_path / "w" / "zoo__group__42__x", "analysis.json", {"analysis": "dissimilarity", "W": [[0, 1], [1, 0]],
                                                                     "overlap": [[5, 0, 0]]})
@@ -509,9 +526,8 @@ def test_task_groups_section(tmp_path) -> None:
     assert "| `cifar-fs__tgr__1__b` | TGR [groups=3] | 4 | 4 | regrouped from the W of `g/groups.json` | — | — |" \
         in section
     assert "cifar-fs__tgr__2__c" not in section
-    (b / "groups.json").write_text("{")
-    with pytest.raises(DfmetaError, match=r"cifar-fs__tgr__1__b/groups.json: not valid JSON"):
-        build_report([str(runs)])
+    (b / "groups.json").write_text("{")  # a broken run is left out, with the reason
+    assert re.search(r"cifar-fs__tgr__1__b/groups.json: not valid JSON", table(build_report([str(runs)]), "Left out"))
 
 
 def test_training_diagnostics_average_the_same_epochs(tmp_path) -> None:

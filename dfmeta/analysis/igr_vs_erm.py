@@ -10,20 +10,21 @@ epoch lets a killed run continue exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from dfmeta.config import to_dict
+from dfmeta.config import learning_rates, require, to_dict
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.igr import igr_gradient
 from dfmeta.meta.loop import epoch_seed
 from dfmeta.nets import build, params_of
 from dfmeta.recover import RecoveryConfig, normalise, recover_tasks
-from dfmeta.runs import RunDir, atomic_torch_save, resolve_device, seed_everything, set_threads
+from dfmeta.runs import (RunDir, atomic_torch_save, expect_directory, is_torch_file, read_json_object, resolve_device,
+                         seed_everything, set_threads)
 from dfmeta.zoo.format import Zoo
 
 VARIANTS = {"igr": "first", "erm": "off"}
@@ -64,6 +65,17 @@ class IGRvsERMConfig(RecoveryConfig):
             raise DfmetaError("field 'zoo': pass --zoo DIR")
         if self.epochs < 1 or self.teachers_per_epoch < 2:
             raise DfmetaError("fields 'epochs' >= 1 and 'teachers_per_epoch' >= 2 expected (a cosine needs 2 tasks)")
+        require(learning_rates(self, "meta_lr"))
+        resolve_device(self.device)
+        expect_directory(self.run_dir or self.out_dir, "--run-dir" if self.run_dir else "--out-dir")
+        if self.run_dir and (Path(self.run_dir) / "config.json").is_file():
+            stored = read_json_object(Path(self.run_dir) / "config.json")
+            if not set(stored) <= {f.name for f in fields(self)}:
+                raise DfmetaError(f"--run-dir {self.run_dir}: not an `analyse igr` run (its config.json is another "
+                                  "command's); give one that `dfmeta analyse igr` wrote, or none for a new run")
+            ckpt = Path(self.run_dir) / "checkpoint.pt"
+            if ckpt.is_file() and not is_torch_file(ckpt):
+                raise DfmetaError(f"{ckpt}: not a readable checkpoint (truncated or corrupt)")
 
 
 def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:

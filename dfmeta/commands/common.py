@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from dfmeta.config import learning_rates, require
 from dfmeta.data.domains import check_dataset_spec
 from dfmeta.data.registry import default_data_root
 from dfmeta.errors import DfmetaError
+from dfmeta.runs import expect_directory, resolve_device
 
 if TYPE_CHECKING:
     import torch
@@ -36,8 +38,12 @@ class DataConfig:
 
     def validate(self) -> None:
         check_dataset_spec(self.dataset)
+        resolve_device(self.device)  # a device this machine lacks fails before any run or zoo directory is made
+        expect_directory(self.out_dir, "--out-dir")
         if self.threads < 0:
             raise DfmetaError(f"field 'threads': must be non-negative (0: torch's default), got {self.threads}")
+        image_size = getattr(self, "image_size", 0)  # a field of most commands that load data
+        require([(image_size >= 0, "image_size", f">= 0 (0: the dataset's own), got {image_size}")])
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,17 @@ class EvalFields:
     """Episodes fine-tuned together (0: 600 on CUDA, 50 on CPU)."""
     episode_seed: int = 0
     """Seed of the fixed evaluation episodes (the same for every method, so results are comparable)."""
+
+    def validate(self) -> None:
+        require([
+            (self.ways >= 2, "ways", f">= 2 (classes per episode), got {self.ways}"),
+            (len(self.shots) >= 1 and min(self.shots) >= 1, "shots", f"K values >= 1, got {list(self.shots)}"),
+            (self.queries >= 1, "queries", f">= 1 (query images per class), got {self.queries}"),
+            (self.episodes >= 1, "episodes", f">= 1, got {self.episodes}"),
+            (self.eval_steps >= 0, "eval_steps", f">= 0, got {self.eval_steps}"),
+            *learning_rates(self, "eval_lr"),
+            (self.episode_batch >= 0, "episode_batch", f">= 0 (0: 600 on CUDA, 50 on CPU), got {self.episode_batch}"),
+        ])
 
     def check_episodes(self, splits: "Sequence[FewShotSplit]") -> None:
         """Raise now, before any work, if some K of ``shots`` cannot be evaluated on ``splits``."""

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from dfmeta.cli import Command
 from dfmeta.data.dataset import save_split_file
-from dfmeta.data.registry import DATASETS, default_data_root, load_split
-from dfmeta.errors import DfmetaError
+from dfmeta.config import require
+from dfmeta.data.domains import check_dataset_spec
+from dfmeta.data.registry import default_data_root, load_split
+from dfmeta.runs import expect_directory
 
 
 @dataclass(frozen=True)
@@ -27,8 +29,9 @@ class PrepareConfig:
     """Keep only the first this many images of each class (0: all); e.g. a smaller meta-val."""
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}")
+        check_dataset_spec(self.dataset, single=True)
+        require([(self.max_per_class >= 0, "max_per_class", f">= 0 (0: all images), got {self.max_per_class}")])
+        expect_directory(self.out, "--out")
 
 
 def run_prepare(cfg: PrepareConfig) -> None:

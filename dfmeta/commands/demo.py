@@ -16,7 +16,7 @@ from dfmeta.commands.common import EvalFields
 from dfmeta.config import make, require
 from dfmeta.data.registry import load_split
 from dfmeta.meta.trainer import TrainConfig, Trainer
-from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
+from dfmeta.runs import RunDir, expect_directory, resolve_device, seed_everything, set_threads
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class DemoConfig(EvalFields):
             (self.rec_per_class >= 2, "rec_per_class", ">= 2 (a 1-shot replay task takes one support and one query "
                                                        "image per class)"),
         ])
+        expect_directory(self.out_dir, "--out-dir")
         self.tgr_config("zoo", "runs")  # TGR's own checks, before the zoo is built
 
     def tgr_config(self, zoo: str, out_dir: str) -> TrainConfig:

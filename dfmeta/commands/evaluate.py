@@ -33,6 +33,7 @@ class EvaluateConfig(DataConfig, EvalFields):
 
     def validate(self) -> None:
         DataConfig.validate(self)
+        EvalFields.validate(self)
         if self.method not in BASELINES:
             raise DfmetaError(f"field 'method': unknown method {self.method!r}; expected one of: "
                               f"{', '.join(sorted(BASELINES))}")

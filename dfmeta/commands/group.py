@@ -21,7 +21,7 @@ from dfmeta.errors import DfmetaError
 from dfmeta.grouping import (GroupingConfig, class_overlap, group_teachers, grouping_stability, load_probe,
                              within_group_overlap)
 from dfmeta.recover import RecoveryConfig, once, recover_tasks, teachers_per_batch
-from dfmeta.runs import RunDir, atomic_write, resolve_device, set_threads
+from dfmeta.runs import RunDir, atomic_write, expect_directory, resolve_device, set_threads
 from dfmeta.zoo.format import Zoo
 
 
@@ -47,6 +47,8 @@ class GroupCommandConfig(RecoveryConfig, GroupingConfig):
     def validate(self) -> None:
         RecoveryConfig.validate(self)
         GroupingConfig.validate(self)
+        resolve_device(self.device)
+        expect_directory(self.run_dir or self.out_dir, "--run-dir" if self.run_dir else "--out-dir")
         if not self.zoo:
             raise DfmetaError("field 'zoo': pass --zoo DIR")
         for name in ("chunk", "threads"):

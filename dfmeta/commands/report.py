@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
+from dfmeta.runs import expect_directory
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,10 @@ class ReportConfig:
             raise DfmetaError("field 'runs': give at least one run directory or folder of runs")
         if self.out and not self.out.endswith(".md"):
             raise DfmetaError(f"field 'out': expected a markdown file name ending in .md, got {self.out!r}")
+        if self.out:
+            expect_directory(Path(self.out).parent, "--out")
+        if self.plots:
+            expect_directory(self.plots, "--plots")
 
 
 def run_report(cfg: ReportConfig) -> None:

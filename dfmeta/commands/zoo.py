@@ -10,10 +10,10 @@ from pathlib import Path
 
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig
-from dfmeta.data.domains import dataset_names, with_channels
+from dfmeta.data.domains import check_dataset_spec, dataset_names, with_channels
 from dfmeta.data.registry import DATASETS, default_data_root, load_split
 from dfmeta.errors import DfmetaError
-from dfmeta.runs import resolve_device, seed_everything
+from dfmeta.runs import expect_directory, resolve_device, seed_everything
 from dfmeta.zoo.build import ZooRecipe, build_zoo, parse_shard, rebuild_manifest
 from dfmeta.zoo.format import load_zoo
 
@@ -37,6 +37,7 @@ class ZooBuildConfig(DataConfig, ZooRecipe):
         DataConfig.validate(self)
         ZooRecipe.validate(self)
         parse_shard(self.shard)
+        expect_directory(self.zoo, "--zoo")
         if len(dataset_names(self.dataset)) > 1:
             raise DfmetaError(f"field 'dataset': build one zoo per dataset (not {self.dataset!r}) and join them with "
                               "`dfmeta zoo merge`")
@@ -76,6 +77,8 @@ class ZooImportConfig:
         for name in ("src", "dst"):
             if not getattr(self, name):
                 raise DfmetaError(f"field {name!r}: required (--{name} DIR)")
+        expect_directory(self.dst, "--dst")
+        check_dataset_spec(self.dataset, single=True)  # recorded per teacher: a typo would go unnoticed
 
 
 def run_import(cfg: ZooImportConfig) -> None:
@@ -102,9 +105,8 @@ class ZooInfoConfig:
     def validate(self) -> None:
         if not self.zoo:
             raise DfmetaError("field 'zoo': required (--zoo DIR)")
-        if self.dataset and self.dataset not in DATASETS:
-            raise DfmetaError(f"field 'dataset': unknown dataset {self.dataset!r}; "
-                              f"expected one of: {', '.join(sorted(DATASETS))}")
+        if self.dataset:
+            check_dataset_spec(self.dataset, single=True)
 
 
 def run_info(cfg: ZooInfoConfig) -> None:
@@ -135,6 +137,7 @@ class ZooMergeConfig:
     def validate(self) -> None:
         if len(self.src) < 1 or not self.dst:
             raise DfmetaError("fields 'src' and 'dst': pass --src ZOO [ZOO ...] --dst DIR")
+        expect_directory(self.dst, "--dst")
 
 
 def run_merge(cfg: ZooMergeConfig) -> None:

@@ -24,13 +24,16 @@ def dataset_names(spec: str) -> list[str]:
     return [s for s in spec.split(SEP)]
 
 
-def check_dataset_spec(spec: str, field: str = "dataset") -> None:
-    """A clear error for an unknown or repeated dataset in a spec."""
+def check_dataset_spec(spec: str, field: str = "dataset", single: bool = False) -> None:
+    """A clear error for an unknown or repeated dataset in a spec (or, ``single``, for more than one dataset)."""
     names = dataset_names(spec)
+    if single and len(names) > 1:
+        raise DfmetaError(f"field {field!r}: one dataset expected, got {spec!r}")
     for n in names:
         if n not in DATASETS:
+            several = "" if single else f" (several joined by '{SEP}' for the multi-domain scenario)"
             raise DfmetaError(f"field {field!r}: unknown dataset {n!r}; expected one of: {', '.join(sorted(DATASETS))}"
-                              f" (several joined by '{SEP}' for the multi-domain scenario)")
+                              f"{several}")
     if len(set(names)) != len(names):
         raise DfmetaError(f"field {field!r}: {spec!r} names a dataset twice")
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import Tensor
 
-from dfmeta.errors import DfmetaError
+from dfmeta.errors import DfmetaError, reason
 
 ReplayMix = Literal["across", "within", "pooled", "distinct", "one-copy", "distinct-pooled"]
 """How replay tasks draw their classes from the memory bank (see :class:`MemoryBank`)."""
@@ -313,8 +313,7 @@ def stored_bank(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         ck = torch.load(path, map_location="cpu", weights_only=True)
         bank = ck["extra"]["bank"]
     except (OSError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DfmetaError(f"{path}: expected a TGR checkpoint with a memory bank ({why})") from e
+        raise DfmetaError(f"{path}: expected a TGR checkpoint with a memory bank ({reason(e)})") from e
     if any(task.get("names") is None for task in bank["tasks"]):
         raise DfmetaError(f"{path}: the bank's tasks carry no class names (a run written before they were kept)")
     return ck, bank

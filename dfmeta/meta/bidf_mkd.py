@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from dfmeta.config import require
+from dfmeta.config import learning_rates, require
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.bank import MemoryBank, ReplayMix
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
@@ -101,14 +101,13 @@ class BiDfMKDConfig(FastRecoveryFields, MetaTrainConfig):
             (self.support_per_class >= 1, "support_per_class", ">= 1"),
             (self.query_per_class >= 1, "query_per_class", ">= 1"),
             (self.rec_steps >= 1, "rec_steps", ">= 1"),
-            (self.rec_lr > 0, "rec_lr", "> 0"),
+            *learning_rates(self, "rec_lr", "inner_lr"),
             (self.rec_nf >= 1, "rec_nf", ">= 1"),
             (self.rec_bn_weight >= 0, "rec_bn_weight", ">= 0"),
             (self.boundary_weight >= 0, "boundary_weight", ">= 0"),
             (0 <= self.boundary_warmup <= 1, "boundary_warmup", "a fraction in [0, 1]"),
             (self.kd_inner_steps >= 0, "kd_inner_steps", ">= 0"),
             (self.inner_steps >= 0, "inner_steps", ">= 0"),
-            (self.inner_lr >= 0, "inner_lr", ">= 0"),
             (self.bank_size >= 1, "bank_size", ">= 1"),
             (self.meta_batch >= 1, "meta_batch", ">= 1"),
             (self.replay_queries >= 1, "replay_queries", ">= 1"),

@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from dfmeta.config import require
+from dfmeta.config import learning_rates, require
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.nets import head_names
@@ -74,7 +74,7 @@ class DROConfig(MetaTrainConfig):
             (self.hidden >= 1, "hidden", ">= 1"),
             (self.steps_per_epoch >= 1, "steps_per_epoch", ">= 1"),
             (self.flow_steps >= 0, "flow_steps", ">= 0"),
-            (self.flow_lr > 0, "flow_lr", "> 0"),
+            *learning_rates(self, "flow_lr"),
             (self.svgd_bandwidth > 0, "svgd_bandwidth", "> 0"),
             (self.gamma >= 0, "gamma", ">= 0"),
             (self.beta >= 0, "beta", ">= 0"),

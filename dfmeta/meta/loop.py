@@ -27,6 +27,7 @@ run continues exactly as the uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,13 @@ import numpy as np
 import torch
 
 from dfmeta.commands.common import DataConfig, EvalFields
-from dfmeta.config import given, make, require, to_dict
+from dfmeta.config import given, learning_rates, make, require, to_dict
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
-from dfmeta.runs import RunDir, atomic_torch_save, atomic_write, resolve_device, seed_everything, set_threads
+from dfmeta.runs import (RunDir, atomic_torch_save, atomic_write, is_torch_file, read_json_object, resolve_device,
+                         seed_everything, set_threads)
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
@@ -79,11 +81,23 @@ class MetaLoopConfig(DataConfig, EvalFields):
 
     def validate(self) -> None:
         DataConfig.validate(self)
+        EvalFields.validate(self)
         require([
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.val_every >= 1, "val_every", ">= 1"),
             (self.train_shot >= 1, "train_shot", ">= 1"),
+            (self.val_episodes >= 0, "val_episodes", f">= 0 (0: as many as --episodes), got {self.val_episodes}"),
+            *learning_rates(self, "meta_lr"),
+            (self.stop_after >= 0, "stop_after", f">= 0 (0: run to the end), got {self.stop_after}"),
+            (math.isfinite(self.time_limit) and self.time_limit >= 0, "time_limit",
+             f"seconds >= 0 (0: no limit), got {self.time_limit}"),
         ])
+        if self.resume:  # a run's files cut short by a kill: a clear error now, not a traceback from the loop
+            run = Path(self.resume)
+            if (run / "config.json").is_file():
+                read_json_object(run / "config.json")
+            if (run / "checkpoint.pt").is_file() and not is_torch_file(run / "checkpoint.pt"):
+                raise DfmetaError(f"{run / 'checkpoint.pt'}: not a readable checkpoint (truncated or corrupt)")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
-from dfmeta.config import require
+from dfmeta.config import learning_rates, require
 from dfmeta.errors import DfmetaError
 from dfmeta.meta.loop import MetaTrainConfig, MetaTrainer, epoch_seed, run_training
 from dfmeta.meta.maml import maml_loss
@@ -92,8 +92,8 @@ class PurerConfig(MetaTrainConfig):
             (self.train_queries >= 1, "train_queries", ">= 1"),
             (self.per_class == 0 or self.per_class >= self.train_shot + self.train_queries, "per_class",
              f"0 or >= train_shot + train_queries = {self.train_shot + self.train_queries}"),
-            (self.inner_steps >= 0 and self.inner_lr >= 0, "inner_steps/inner_lr", ">= 0"),
-            (self.inv_lr > 0, "inv_lr", "> 0"),
+            (self.inner_steps >= 0, "inner_steps", ">= 0"),
+            *learning_rates(self, "inner_lr", "inv_lr"),
             (min(self.bn_weight, self.tv_weight, self.l2_weight) >= 0, "bn_weight/tv_weight/l2_weight", ">= 0"),
             (self.jitter >= 0, "jitter", ">= 0"),
             (self.adv_scale >= 0, "adv_scale", ">= 0"),

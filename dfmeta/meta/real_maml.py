@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dfmeta.config import require
+from dfmeta.config import learning_rates, require
 from dfmeta.data.domains import load_domains
 from dfmeta.meta.bank import draw_tasks, split_tasks
 from dfmeta.meta.loop import MetaLoopConfig, MetaTrainer, epoch_seed, run_training
@@ -51,6 +51,7 @@ class RealMAMLConfig(MetaLoopConfig):
             (self.meta_batch >= 1, "meta_batch", ">= 1"),
             (self.train_queries >= 1, "train_queries", ">= 1"),
             (self.inner_steps >= 0, "inner_steps", ">= 0"),
+            *learning_rates(self, "inner_lr"),
         ])
 
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import torch
 
-from dfmeta.config import require
+from dfmeta.config import learning_rates, require
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.ahead import Ahead
@@ -150,6 +150,7 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
             (self.groups >= 1, "groups", ">= 1"),
             (self.probe in ARCHITECTURES, "probe", f"one of: {', '.join(ARCHITECTURES)}"),
             (self.beta >= 0, "beta", ">= 0"),
+            *learning_rates(self, "rec_lr", "inner_lr"),
             (self.rec_prefetch >= 0, "rec_prefetch", ">= 0"),
             (self.replay_max_batches >= 0, "replay_max_batches", ">= 0 (0: no cap)"),
             (self.replay_patience >= 1, "replay_patience", ">= 1"),

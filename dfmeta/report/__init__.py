@@ -82,6 +82,9 @@ def left_out(found: Collection, more: list[tuple[Path, str]]) -> list[str]:
     skipped = found.skipped + more
     if skipped:
         lines += ["## Left out", "", *(f"- `{p}`: {why}" for p, why in skipped), ""]
+    noted = [(r.shown, n) for r in [*found.runs, *found.analyses, *found.unfinished] for n in r.notes]
+    if noted:
+        lines += ["## Read with a note", "", *(f"- `{shown}`: {n}" for shown, n in noted), ""]
     unknown = [r for r in found.runs if r.zoo_note]
     if unknown:
         lines += ["## Zoo architectures unknown", "", "These runs' zoo manifests are not readable from here, so "

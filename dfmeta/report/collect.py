@@ -59,18 +59,22 @@ def read_object(path: Path) -> dict[str, Any]:
     return doc
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
+def read_metrics(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
     """The lines of a JSON-lines file (``metrics.jsonl``, ``env.jsonl``; none if absent); a malformed line is an
-    error naming file and line."""
+    error naming file and line, except a malformed last line (a kill mid-write), which is skipped with a note in
+    ``notes``."""
     if not path.is_file():
         return []
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, line in lines:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if i == lines[-1][0]:
+                (notes if notes is not None else []).append(
+                    f"{path.name}: line {i}, the last, is cut short (a kill mid-write?) and was skipped")
+                break
             raise DfmetaError(f"{path}:{i}: not valid JSON ({e})") from None
     return rows
 
@@ -95,6 +99,8 @@ class Run:
     """Why ``archs`` is unknown, if the run names a zoo."""
     defaults: dict[str, Any] = field(default_factory=dict)
     """The default config of the run's method (meta-training runs)."""
+    notes: list[str] = field(default_factory=list)
+    """What reading the run skipped (a cut-short last line of metrics.jsonl)."""
     label: str = ""
     """The run's name in the report: its directory name, with as many parent folders as tell it apart from the other
     runs of the report (set by ``collect``)."""
@@ -317,8 +323,9 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
                               "'results' (evaluation run)")
     else:
         kind = "train" if "val_every" in config else "evaluate" if "split" in config else "analysis"
-    run = Run(path, kind, config, results, analysis, read_metrics(run_file(path, "metrics.jsonl")),
-              read_metrics(run_file(path, "env.jsonl")))
+    notes: list[str] = []
+    run = Run(path, kind, config, results, analysis, read_metrics(run_file(path, "metrics.jsonl"), notes),
+              read_metrics(run_file(path, "env.jsonl"), notes), notes=notes)
     if kind == "train":  # a run older than a config field had that field's default
         run.defaults = config_defaults(run.method)
         run.config = {**run.defaults, **config}
@@ -344,14 +351,18 @@ def collect(paths: list[str] | tuple[str, ...]) -> Collection:
     """Find, parse and sort every run below ``paths``."""
     out = Collection()
     for d in find_run_dirs(paths):
-        if run_file(d, "config.json").is_file():
-            config = read_json(run_file(d, "config.json"))
-            if not isinstance(config, dict) or "seed" not in config:
-                out.skipped.append((d, "config.json is not a dfmeta run's (no 'seed' field)"))
-                continue
-        else:  # an analysis record kept without its config: the analysis is all the report needs
-            config = {}
-        run = load_run(d, config)
+        try:
+            if run_file(d, "config.json").is_file():
+                config = read_json(run_file(d, "config.json"))
+                if not isinstance(config, dict) or "seed" not in config:
+                    out.skipped.append((d, "config.json is not a dfmeta run's (no 'seed' field)"))
+                    continue
+            else:  # an analysis record kept without its config: the analysis is all the report needs
+                config = {}
+            run = load_run(d, config)
+        except DfmetaError as e:  # one broken run (a file cut short by a kill) does not stop the report
+            out.skipped.append((d, str(e)))
+            continue
         if not run.finished:
             out.unfinished.append(run)
         elif run.kind == "analysis":

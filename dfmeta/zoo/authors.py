@@ -5,14 +5,14 @@ Files are read with ``torch.load(weights_only=True)``: pickled code is never exe
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dfmeta.errors import DfmetaError
+from dfmeta.errors import DfmetaError, reason
+from dfmeta.runs import read_json_object
 from dfmeta.zoo.format import Teacher, check_state, save_teacher, write_manifest
 
 _CONV4_KEY = re.compile(r"^trunk\.(\d)\.(C|BN)\.(.+)$")
@@ -47,7 +47,7 @@ def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-f
     man_path = src / "manifest.json"
     if not man_path.is_file():
         raise DfmetaError(f"{man_path}: not found (expected the authors' zoo manifest with the class names)")
-    man: dict[str, Any] = json.loads(man_path.read_text())
+    man: dict[str, Any] = read_json_object(man_path)
     classes = man.get("classes")
     if not isinstance(classes, list):
         raise DfmetaError(f"{man_path}: field 'classes' (index -> class name) missing")
@@ -67,7 +67,7 @@ def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-f
             try:
                 obj = torch.load(f, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise DfmetaError(f"{where}: cannot read ({e.__class__.__name__}: {str(e).splitlines()[0][:120]})") from None
+                raise DfmetaError(f"{where}: cannot read ({reason(e)})") from None
             if not isinstance(obj, dict) or "teacher" not in obj or "specific" not in obj:
                 raise DfmetaError(f"{where}: expected a dict with 'teacher' and 'specific'")
             specific = [int(i) for i in obj["specific"]]

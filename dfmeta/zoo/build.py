@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfmeta.config import learning_rates, require
 from dfmeta.data.dataset import FewShotSplit
 from dfmeta.data.episodes import to_input
 from dfmeta.errors import DfmetaError
@@ -83,6 +84,7 @@ class ZooRecipe:
         for name in ("teachers", "ways", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise DfmetaError(f"field {name!r}: must be at least 1, got {getattr(self, name)}")
+        require(learning_rates(self, "lr"))
         if not 0 <= self.heldout_fraction < 1:
             raise DfmetaError(f"field 'heldout_fraction': expected 0 <= f < 1, got {self.heldout_fraction}")
 

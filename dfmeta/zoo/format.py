@@ -25,7 +25,7 @@ from torch import nn
 
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import ARCHITECTURES, build
-from dfmeta.runs import atomic_write
+from dfmeta.runs import atomic_write, read_json_object
 
 ZOO_FORMAT = "dfmeta-zoo"
 ZOO_VERSION = 1
@@ -139,10 +139,7 @@ def read_manifest(zoo_dir: str | os.PathLike) -> dict[str, Any]:
         raise DfmetaError(f"{zoo_dir}: zoo directory not found")
     if not path.is_file():
         raise DfmetaError(f"{path}: no manifest.json (is this a zoo? `dfmeta zoo import` converts the authors' format)")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DfmetaError(f"{path}: not valid JSON ({e})") from None
+    doc = read_json_object(path)
     if doc.get("format") != ZOO_FORMAT:
         raise DfmetaError(f"{path}: format is {doc.get('format')!r}, expected {ZOO_FORMAT!r} "
                           "(the authors' format is converted by `dfmeta zoo import`)")
