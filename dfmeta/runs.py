@@ -61,14 +61,21 @@ def expect_directory(path: str | os.PathLike, flag: str) -> None:
             return
 
 
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON object ``{...}`` in ``path``; a one-line error where the file is not valid JSON (e.g. cut short by a
-    kill) or holds something else."""
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; one that is not valid JSON (e.g. cut short by a kill) or cannot be read is a one-line
+    error naming it."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DfmetaError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DfmetaError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object ``{...}`` in ``path`` (:func:`read_json`); a one-line error where it holds something else."""
+    doc = read_json(path)
     if not isinstance(doc, dict):
         raise DfmetaError(f"{path}: expected a JSON object {{...}}, found a {type(doc).__name__}")
     return doc

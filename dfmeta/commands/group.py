@@ -88,11 +88,12 @@ def heatmap_png(W: np.ndarray, labels: np.ndarray, cell: int = 0) -> bytes:
 
 def check_group_run(path: Path) -> None:
     """Refuse a ``--run-dir`` that is not a ``dfmeta group`` run: its config and groups would be overwritten."""
-    from dfmeta.report.collect import describe, load_run, read_object
+    from dfmeta.report.collect import describe, load_run
+    from dfmeta.runs import read_json_object
     use = "--run-dir takes a `dfmeta group` run to reuse; --out-dir makes a new one"
     if not (path / "config.json").is_file():
         raise DfmetaError(f"{path}: {'not a run directory (no config.json)' if path.is_dir() else 'not found'}; {use}")
-    config = read_object(path / "config.json")
+    config = read_json_object(path / "config.json")
     if not set(config) <= {f.name for f in fields(GroupCommandConfig)}:
         raise DfmetaError(f"{path} is {describe(load_run(path, config))}, not a `dfmeta group` run; {use}")
 

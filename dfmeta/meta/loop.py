@@ -383,11 +383,11 @@ def resumed_config(cfg: MetaLoopConfig, method: str) -> MetaLoopConfig:
     """The config a ``--resume`` call of ``method``'s command continues with: the run's ``config.json`` with the call's
     :data:`CALL_SETTINGS`. Refuses, before anything is written, a run another command trains and a setting the run
     fixes that the call gives another value (by a flag or a preset)."""
-    from dfmeta.report.collect import describe, load_run, read_object
+    from dfmeta.report.collect import describe, load_run
     path = Path(cfg.resume)
     if not (path / "config.json").is_file():
         raise DfmetaError(f"{path}: not a run directory (no config.json)")
-    stored = read_object(path / "config.json")
+    stored = read_json_object(path / "config.json")
     run = load_run(path, stored)
     if run.kind != "train":
         raise DfmetaError(f"{path} is {describe(run)}, not a meta-training run: there is nothing to resume")

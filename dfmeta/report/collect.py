@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dfmeta.errors import DfmetaError
+from dfmeta.runs import read_json, read_json_object
 
 Kind = Literal["train", "evaluate", "analysis"]
 
@@ -39,24 +40,6 @@ SPEED = {"rec_amp", "rec_graph", "rec_channels_last", "rec_batching", "rec_compi
 NOT_APPLIED = "n/a"
 # Fields that place a run in a table (its row or column).
 COORDINATES = {"dataset", "train_shot", "method", "split", *ABLATION_DEFAULTS}
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file; a malformed one is a :class:`DfmetaError` naming it."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DfmetaError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise DfmetaError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def read_object(path: Path) -> dict[str, Any]:
-    """A JSON file that must hold an object."""
-    doc = read_json(path)
-    if not isinstance(doc, dict):
-        raise DfmetaError(f"{path}: expected a JSON object, got {type(doc).__name__}")
-    return doc
 
 
 def read_metrics(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -187,7 +170,7 @@ class Run:
         path = run_file(self.path, "groups.json")
         if not path.is_file():
             return True
-        sizes, m = read_object(path).get("sizes"), self.config.get("teachers_per_epoch")
+        sizes, m = read_json_object(path).get("sizes"), self.config.get("teachers_per_epoch")
         if not isinstance(sizes, list) or not isinstance(m, int):
             return True
         return any(isinstance(n, int) and 0 < n < m for n in sizes)
@@ -308,9 +291,9 @@ def config_defaults(method: str) -> dict[str, Any]:
 def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     """Parse one run directory or record (config.json unless given, results.json or analysis.json,
     metrics.jsonl, env.jsonl)."""
-    config = read_object(run_file(path, "config.json")) if config is None else config
-    results = read_object(run_file(path, "results.json")) if run_file(path, "results.json").is_file() else None
-    analysis = read_object(run_file(path, "analysis.json")) if run_file(path, "analysis.json").is_file() else None
+    config = read_json_object(run_file(path, "config.json")) if config is None else config
+    results = read_json_object(run_file(path, "results.json")) if run_file(path, "results.json").is_file() else None
+    analysis = read_json_object(run_file(path, "analysis.json")) if run_file(path, "analysis.json").is_file() else None
     if analysis is not None:
         kind: Kind = "analysis"
     elif results is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dfmeta.errors import DfmetaError
 from dfmeta.report.cells import md_table
-from dfmeta.report.collect import Run, read_object, run_file
+from dfmeta.report.collect import Run, run_file
 from dfmeta.report.curves import method_label
+from dfmeta.runs import read_json_object
 
 
 def _number(g: dict, key: str) -> str:
@@ -21,7 +22,7 @@ def groups_section(runs: list[Run]) -> list[str]:
         path = run_file(r.path, "groups.json")
         if r.kind != "train" or not path.is_file():
             continue
-        g = read_object(path)
+        g = read_json_object(path)
         if not isinstance(g.get("labels"), list):
             raise DfmetaError(f"{path}: expected an object with 'labels' (a list)")
         sizes = g.get("used_sizes") or g.get("sizes") or []
