@@ -161,3 +161,16 @@ def test_igr_vs_erm_run_dir_is_locked_and_logs_each_epoch_once(zoo, tmp_path):
         run_igr_vs_erm(cfg(epochs=3, run_dir=str(d)))
     run_igr_vs_erm(cfg(epochs=3, run_dir=str(d)))
     assert [r["epoch"] for r in rows(d)] == [1, 2, 3]
+
+
+def test_a_new_group_run_that_fails_leaves_nothing_and_igr_run_dir_must_exist(zoo, tmp_path, monkeypatch, capsys):
+    import dfmeta.commands.group as group_cmd
+
+    def fails(*args, **kwargs):
+        raise DfmetaError("the grouping failed")
+    monkeypatch.setattr(group_cmd, "group_into", fails)
+    out = tmp_path / "runs"
+    assert main(["group", "--zoo", str(zoo), "--groups", "2", "--device", "cpu", "--out-dir", str(out)]) == 2
+    assert "the grouping failed" in capsys.readouterr().err and not out.exists()
+    assert main(["analyse", "igr", "--zoo", str(zoo), "--run-dir", str(tmp_path / "typo")]) == 2
+    assert "typo: not found (it continues a run" in capsys.readouterr().err and not (tmp_path / "typo").exists()

@@ -68,6 +68,9 @@ class IGRvsERMConfig(RecoveryConfig):
         require(learning_rates(self, "meta_lr"))
         resolve_device(self.device)
         expect_directory(self.run_dir or self.out_dir, "--run-dir" if self.run_dir else "--out-dir")
+        if self.run_dir and not Path(self.run_dir).is_dir():
+            raise DfmetaError(f"--run-dir {self.run_dir}: not found (it continues a run `dfmeta analyse igr` wrote; "
+                              "leave it out for a new run under --out-dir)")
         if self.run_dir and (Path(self.run_dir) / "config.json").is_file():
             stored = read_json_object(Path(self.run_dir) / "config.json")
             if not set(stored) <= {f.name for f in fields(self)}:

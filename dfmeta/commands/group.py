@@ -111,9 +111,14 @@ def run_group(cfg: GroupCommandConfig) -> None:
     if gcfg.probe_weights:
         load_probe(gcfg, torch.device("cpu"))  # a bad weights file fails now, not after the recovery
     run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed)
-    with run.locked():
-        run.write_config(cfg)
-        group_into(run, cfg, zoo, device, rcfg, gcfg)
+    try:
+        with run.locked():
+            run.write_config(cfg)
+            group_into(run, cfg, zoo, device, rcfg, gcfg)
+    except DfmetaError:
+        if not cfg.run_dir:
+            run.discard_if_unused()  # a new run that failed before any work leaves nothing behind
+        raise
 
 
 def group_into(run: RunDir, cfg: GroupCommandConfig, zoo: Zoo, device: torch.device, rcfg: RecoveryConfig,
