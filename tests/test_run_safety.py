@@ -76,7 +76,7 @@ def test_resume_refuses_settings_the_run_fixes(finished, capsys):
     assert main(["train", "--resume", str(finished), "--epochs", "10", "--train-shot", "5"]) == 2
     err = capsys.readouterr().err
     assert f"{finished}: --epochs, --train-shot given with --resume, but the run's config.json fixes them" in err
-    assert "takes only --stop-after, --time-limit, --defer-test, --device, --threads" in err
+    assert "takes only --stop-after, --time-limit, --defer-test, --device, --threads, --data-root" in err
     assert main(["train", "--resume", str(finished), "--preset", "cifar-fs-1shot"]) == 2
     assert "--dataset, --epochs (from --preset) given with --resume" in capsys.readouterr().err
     assert (finished / "env.jsonl").read_text() == before  # refused before anything was written
@@ -174,3 +174,18 @@ def test_a_new_group_run_that_fails_leaves_nothing_and_igr_run_dir_must_exist(zo
     assert "the grouping failed" in capsys.readouterr().err and not out.exists()
     assert main(["analyse", "igr", "--zoo", str(zoo), "--run-dir", str(tmp_path / "typo")]) == 2
     assert "typo: not found (it continues a run" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_a_resume_call_may_say_where_the_data_is(zoo, tmp_path):
+    """--data-root on a resume call (the run continued on another machine) is used and logged; left out, the run's
+    own root stays; --zoo stays fixed."""
+    train(tiny(zoo, tmp_path, stop_after=1, epochs=3))
+    d = run_dir(tmp_path)
+    stored = json.loads((d / "config.json").read_text())["data_root"]
+    elsewhere = str(tmp_path / "data-elsewhere")
+    assert main(["train", "--resume", str(d), "--data-root", elsewhere, "--stop-after", "1", "--device", "cpu"]) == 0
+    resume(d, stop_after=1)
+    calls = [json.loads(x) for x in (d / "calls.jsonl").read_text().splitlines()]
+    assert [c["data_root"] for c in calls] == [elsewhere, stored]
+    with pytest.raises(DfmetaError, match="--zoo given with --resume"):
+        resume(d, zoo=str(tmp_path / "other-zoo"))

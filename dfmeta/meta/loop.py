@@ -46,6 +46,9 @@ from dfmeta.runs import (RunDir, atomic_torch_save, atomic_write, is_torch_file,
                          seed_everything, set_threads)
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
+CALL_PATHS = ("data_root",)
+"""Where a resumed call finds what the run reads, taken from the call only where it gives them (the data of a run
+continued on another machine, e.g. meta-tested where the test split is); the zoo stays the run's."""
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
 keeps the run's own count: CPU numbers depend on it, so a resumed run continues as the uninterrupted one would."""
 
@@ -283,7 +286,7 @@ class MetaTrainer:
             on = f", {torch.get_num_threads()} torch thread(s)" if self.device.type == "cpu" else ""
             print(f"resumed from epoch {self.epoch}{before}{on}", flush=True)
             self.run.log_call(from_epoch=self.epoch, train_seconds_before=round(self.seconds_before, 1),
-                              **{k: getattr(cfg, k) for k in CALL_SETTINGS})
+                              **{k: getattr(cfg, k) for k in (*CALL_SETTINGS, *CALL_PATHS)})
         if self.epoch < cfg.epochs:
             self.setup()
         try:
@@ -401,14 +404,15 @@ def resumed_config(cfg: MetaLoopConfig, method: str) -> MetaLoopConfig:
     # a run that stopped on a group smaller than m trained no epoch: it may go on with another small_groups rule
     open_now = ("small_groups",) if stored.get("small_groups") == "error" else ()
     fixed = [k for k in from_call
-             if k not in (*CALL_SETTINGS, *open_now, "resume") and now[k] != stored.get(k, defaults[k])]
+             if k not in (*CALL_SETTINGS, *CALL_PATHS, *open_now, "resume") and now[k] != stored.get(k, defaults[k])]
     if fixed:
         flags = lambda ks: ", ".join("--" + k.replace("_", "-") for k in ks)  # noqa: E731
         preset = " (from --preset)" if any(from_call[k] == "preset" for k in fixed) else ""
         raise DfmetaError(f"{path}: {flags(fixed)}{preset} given with --resume, but the run's config.json fixes "
                           f"{(it := 'it' if len(fixed) == 1 else 'them')} (start a new run to change {it}); a resume call "
-                          f"takes only {flags(CALL_SETTINGS)}")
-    settings = {k: getattr(cfg, k) for k in (*CALL_SETTINGS, *(k for k in open_now if k in from_call))}
+                          f"takes only {flags((*CALL_SETTINGS, *CALL_PATHS))}")
+    given_now = [k for k in (*CALL_PATHS, *open_now) if k in from_call]
+    settings = {k: getattr(cfg, k) for k in (*CALL_SETTINGS, *given_now)}
     settings["threads"] = cfg.threads or stored.get("threads", 0)
     return make(type(cfg), {**stored, "resume": "", **settings})
 
