@@ -259,6 +259,15 @@ def _group_key(t: Teacher) -> tuple:
     return t.arch, t.image_size, t.in_channels, t.num_classes
 
 
+def by_architecture(teachers: list[Teacher], indices: list[int]) -> list[int]:
+    """``indices`` reordered so that teachers :func:`recover_tasks` batches together (same architecture, image size,
+    channels and classes) are adjacent, in their order otherwise: chunks of it are batched whole."""
+    first: dict[tuple, int] = {}
+    for pos, i in enumerate(indices):
+        first.setdefault(_group_key(teachers[i]), pos)
+    return sorted(indices, key=lambda i: first[_group_key(teachers[i])])
+
+
 def recover_tasks(teachers: list[Teacher], indices: list[int], cfg: RecoveryConfig, device: torch.device,
                   seed: int | Sequence[int], chunk: int = 0, on_step: Callable[[int], None] | None = None,
                   extra: ExtraLoss | None = None, pad: bool = False) -> list[RecoveredTask]:

@@ -3,6 +3,8 @@
 Writes to the run directory: ``fisher.npz`` (W, labels, embeddings; the cache a rerun with ``--run-dir`` reuses),
 ``groups.json``, ``W.png`` (W with teachers ordered by group, group borders in white) and ``analysis.json`` (the
 paper's Fig. 4: W beside each pair's class overlap, architectures and datasets; ``dfmeta report`` plots it).
+While it recovers, ``grouping-tasks/`` keeps each finished chunk of tasks: a killed call continued with
+``--run-dir`` recovers only the rest (:mod:`dfmeta.task_checkpoint`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dfmeta import task_checkpoint
 from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import (GroupingConfig, class_overlap, group_teachers, grouping_stability, load_probe,
                              within_group_overlap)
-from dfmeta.recover import RecoveryConfig, once, recover_tasks, teachers_per_batch
+from dfmeta.recover import RecoveryConfig, by_architecture, once, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, expect_directory, resolve_device, set_threads
 from dfmeta.zoo.format import Zoo
 
@@ -34,7 +37,8 @@ class GroupCommandConfig(RecoveryConfig, GroupingConfig):
     out_dir: str = "runs"
     """Parent folder of the new run directory."""
     run_dir: str = ""
-    """An existing run directory to reuse (its cached W skips recovery and Fisher); empty: a new one."""
+    """An existing run directory to reuse (its cached W skips recovery and Fisher; a killed call's saved tasks skip
+    their recovery); empty: a new one."""
     device: str = "auto"
     """Torch device: auto (CUDA when available), cpu, cuda, ..."""
     chunk: int = 0
@@ -130,17 +134,24 @@ def group_into(run: RunDir, cfg: GroupCommandConfig, zoo: Zoo, device: torch.dev
 
     fisher_bar = None
 
+    folder = run.path / task_checkpoint.FOLDER
+    key = {"recovery": asdict(rcfg), "seed": cfg.seed, "device": device.type,
+           "teachers": [t.id for t in zoo.teachers]}
+
     def tasks():  # called only when the run directory holds no W for these settings
         nonlocal fisher_bar
         with tqdm(total=len(zoo) * cfg.steps, desc="recovering tasks", unit="teacher-step") as bar:
-            out = recover_tasks(zoo.teachers, list(range(len(zoo))), rcfg, device, cfg.seed, chunk,
-                                on_step=bar.update)
+            out = task_checkpoint.recover_resumably(
+                folder, key, by_architecture(zoo.teachers, list(range(len(zoo)))), chunk,
+                lambda part: recover_tasks(zoo.teachers, part, rcfg, device, cfg.seed, chunk, on_step=bar.update),
+                device, lambda part, loaded: bar.update(len(part) * cfg.steps) if loaded else None)
         fisher_bar = tqdm(total=len(zoo), desc="Fisher embeddings", unit="task")
         return out
 
     labels, W, info = group_teachers(zoo, tasks, gcfg, device, cache=run.path,
                                      cache_extra={"recovery": asdict(rcfg), "seed": cfg.seed},
                                      on_task=lambda: fisher_bar.update(1))
+    task_checkpoint.discard(folder)
     if fisher_bar is not None:
         fisher_bar.close()
     print(f"probe: {info['probe']}" + (" (cached W)" if info["cached"] else ""))

@@ -26,6 +26,7 @@ import torch
 
 from dfmeta.config import learning_rates, require
 from dfmeta.errors import DfmetaError
+from dfmeta import task_checkpoint
 from dfmeta.grouping import GroupingConfig
 from dfmeta.meta.ahead import Ahead
 from dfmeta.meta.bank import MemoryBank, ReplayMix
@@ -242,7 +243,6 @@ class Trainer(MetaTrainer):
         if gcfg.probe_weights:
             load_probe(gcfg, torch.device("cpu"), self.image_size)  # a bad weights file fails before the recovery
         t0 = time.perf_counter()
-        tasks = []
         idx = list(range(len(self.zoo)))
         rcfg = self.recovery_config()
         pad = (compiles(rcfg, self.device) and fast_settings(rcfg, self.device)[2] == "grouped"
@@ -251,13 +251,23 @@ class Trainer(MetaTrainer):
             chunk = cfg.teachers_per_epoch * self.epochs_per_recovery()
         else:
             chunk = teachers_per_batch(rcfg, self.image_size, self.device, self.n_way)
-        for lo in range(0, len(idx), chunk):
-            tasks += recover_tasks(self.zoo.teachers, idx[lo:lo + chunk], rcfg, self.device,
-                                   epoch_seed(cfg.seed, 0, 7), chunk=chunk, pad=pad)
-            print(f"  grouping: recovered tasks {min(lo + chunk, len(idx))}/{len(idx)}", flush=True)
+        seed, done = epoch_seed(cfg.seed, 0, 7), [0]
+
+        def recover(part: list[int]) -> list[RecoveredTask]:
+            return recover_tasks(self.zoo.teachers, part, rcfg, self.device, seed, chunk=chunk, pad=pad)
+
+        def shown(part: list[int], loaded: bool) -> None:
+            done[0] += len(part)
+            how = f"read from {task_checkpoint.FOLDER}/ (recovered before a stop)" if loaded else "recovered"
+            print(f"  grouping: tasks {done[0]}/{len(idx)} {how}", flush=True)
+        folder = self.run.path / task_checkpoint.FOLDER
+        key = {"recovery": dataclasses.asdict(rcfg), "seed": seed, "pad": pad, "device": self.device.type,
+               "teachers": [t.id for t in self.zoo.teachers]}
+        tasks = task_checkpoint.recover_resumably(folder, key, idx, chunk, recover, self.device, shown)
         labels, W, info = group_teachers(self.zoo, tasks, gcfg, self.device)
         labels = np.asarray(labels, np.int64)
         self.save_groups(labels, W, gcfg.seed)
+        task_checkpoint.discard(folder)
         sizes = np.bincount(labels, minlength=cfg.groups).tolist()
         self.run.write_json("groups.json", {"labels": labels.tolist(), "sizes": sizes,
                                             "stability": round(grouping_stability(W, labels, cfg.grouping,
