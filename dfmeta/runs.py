@@ -28,7 +28,9 @@ except ImportError:  # not POSIX: run directories are not locked
 
 LOCK = "lock"
 """The file a process holds (``flock``) while it writes into a run directory; readers ignore it."""
-STARTED = {"config.json", "env.jsonl", LOCK}
+ZOO_RECORD = "zoo.json"
+"""A run's zoo: its path at the start and each teacher's id and checksum (:func:`dfmeta.zoo.format.fingerprint`)."""
+STARTED = {"config.json", "env.jsonl", LOCK, ZOO_RECORD}
 """The files starting a run writes: a run directory holding no more has no work in it."""
 
 

@@ -178,7 +178,7 @@ def test_a_new_group_run_that_fails_leaves_nothing_and_igr_run_dir_must_exist(zo
 
 def test_a_resume_call_may_say_where_the_data_is(zoo, tmp_path):
     """--data-root on a resume call (the run continued on another machine) is used and logged; left out, the run's
-    own root stays; --zoo stays fixed."""
+    own root stays; a --zoo that does not exist is an error."""
     train(tiny(zoo, tmp_path, stop_after=1, epochs=3))
     d = run_dir(tmp_path)
     stored = json.loads((d / "config.json").read_text())["data_root"]
@@ -187,5 +187,28 @@ def test_a_resume_call_may_say_where_the_data_is(zoo, tmp_path):
     resume(d, stop_after=1)
     calls = [json.loads(x) for x in (d / "calls.jsonl").read_text().splitlines()]
     assert [c["data_root"] for c in calls] == [elsewhere, stored]
-    with pytest.raises(DfmetaError, match="--zoo given with --resume"):
+    with pytest.raises(DfmetaError, match="other-zoo: zoo directory not found"):
         resume(d, zoo=str(tmp_path / "other-zoo"))
+
+
+def test_a_resume_call_may_name_the_zoo_where_it_lies_now(zoo, tmp_path):
+    """A zoo moved after the run started is named anew with --zoo: checked by its teachers' checksums, used and
+    logged, and the run goes on as the uninterrupted one; a zoo with other teachers is refused."""
+    full = train(tiny(zoo, tmp_path / "full", epochs=3))
+    moved = tmp_path / "zoo-before"
+    shutil.copytree(zoo, moved)
+    train(tiny(moved, tmp_path / "run", stop_after=1, epochs=3))
+    d = run_dir(tmp_path / "run")
+    assert json.loads((d / "zoo.json").read_text())["path"] == str(moved)
+    now = tmp_path / "zoo-now"
+    moved.rename(now)
+    with pytest.raises(DfmetaError, match="zoo-before: the run's zoo is not there any more; if it was moved, name"):
+        resume(d)
+    other = make_zoo(tmp_path / "other", n=5)
+    with pytest.raises(DfmetaError, match="not the zoo .* was started with"):
+        resume(d, zoo=str(other))
+    assert resume(d, zoo=str(now)) == full
+    assert json.loads((d / "calls.jsonl").read_text().splitlines()[0])["zoo"] == str(now)
+    (d / "zoo.json").unlink()  # a run started before zoo.json existed, whose zoo is gone: nothing to check against
+    with pytest.raises(DfmetaError, match="cannot be checked"):
+        resume(d, zoo=str(now))

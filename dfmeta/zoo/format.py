@@ -150,6 +150,11 @@ def read_manifest(zoo_dir: str | os.PathLike) -> dict[str, Any]:
     return doc
 
 
+def fingerprint(zoo_dir: str | os.PathLike) -> list[list[str]]:
+    """``[id, sha256]`` of each teacher in the zoo's manifest, in its order: what identifies a zoo wherever it lies."""
+    return [[str(m.get("id")), str(m.get("sha256"))] for m in read_manifest(zoo_dir)["models"]]
+
+
 def load_teacher(zoo_dir: Path, entry: dict[str, Any]) -> Teacher:
     """Load and verify one teacher (architecture, checksum, keys and shapes)."""
     mid = entry.get("id", "?")
