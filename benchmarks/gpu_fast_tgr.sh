@@ -120,6 +120,6 @@ if [ -n "$run" ]; then
   python benchmarks/epoch_times.py "$run" --wall "$wall" | tee "$OUT/epoch_times.md"
   python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
   tar czf "$OUT/tgr_run_small.tar.gz" -C "$RUNS" --exclude='*.pt' --exclude='*.npz' .  # records, without checkpoints
-  [ "${KEEP_CKPT:-1}" = 1 ] && tar czf - -C "$RUNS" . | split -b 15m - "$OUT/tgr_run.tar.gz.part-"
+  [ "${KEEP_CKPT:-1}" = 1 ] && tar czf - -C "$RUNS" --exclude=grouping-tasks . | split -b 15m - "$OUT/tgr_run.tar.gz.part-"
 fi
 echo "== done in $(($(date +%s) - T0)) s"

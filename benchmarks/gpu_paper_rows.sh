@@ -53,4 +53,4 @@ python -m dfmeta.cli report "$RUNS" --out "$RUNS/report.md" || true
 for run in "$RUNS"/*/; do
   [ -f "$run/metrics.jsonl" ] && python benchmarks/epoch_times.py "$run" 2>/dev/null
 done | tee "$OUT/epoch_times.md"
-tar czf - -C "$RUNS" . | split -b 15m - "$OUT/runs.tar.gz.part-"
+tar czf - -C "$RUNS" --exclude=grouping-tasks . | split -b 15m - "$OUT/runs.tar.gz.part-"
