@@ -617,3 +617,30 @@ def test_every_committed_record_is_reported() -> None:
     assert configs and (f"{len(configs) - len(deferred)} finished runs, {len(analyses)} analysis runs, "
                         f"{len(deferred)} unfinished") in head
     assert "## Left out" not in text and text.count("## Task dissimilarity (Fig. 4)") == 1
+
+
+def test_a_baselines_ablation_is_not_its_main_row(tmp_path) -> None:
+    """A baseline run that switches off what makes it its paper's method (PURER's curriculum, BiDf-MKD's boundary
+    queries, DRO's worst case) is an other run, named by the switch; the defaults stay the main row, and PURER's
+    random init is the default in the multi-arch scenario only."""
+    train_run(tmp_path, "cifar-fs__purer__0__x", {1: (37.0, 0.5)}, method="purer", adv_schedule="switch",
+              init="average", first_order=False)
+    train_run(tmp_path, "cifar-fs__purer__1__x", {1: (33.0, 0.5)}, method="purer", adv_schedule="off",
+              init="random", first_order=False)
+    train_run(tmp_path, "cifar-fs__bidf-mkd__0__x", {1: (30.0, 0.5)}, method="bidf-mkd", boundary=False,
+              inner_loss="kd", kd_form="kl", first_order=False)
+    train_run(tmp_path, "cifar-fs__dro__0__x", {1: (31.0, 0.5)}, method="dro", beta=0.0, flow="svgd", head="fused",
+              meta_init="mean")
+    train_run(tmp_path, "cifar-fs__dro__1__x", {1: (32.0, 0.5)}, method="dro", beta=0.5, flow="svgd", head="fused",
+              meta_init="mean")
+    train_run(tmp_path, "cifar-fs__purer__2__x", {1: (36.0, 0.5)}, method="purer", adv_schedule="switch",
+              init="random", first_order=False, zoo_archs=["conv4", "resnet10"])
+    text = build_report([str(tmp_path)])
+    main_t, other = table(text, "Main results"), table(text, "Other runs")
+    assert re.search(r"\| PURER \| ours \| 37\.00 ± 0\.50 \[\d+\] \|", main_t)
+    assert re.search(r"\| DRO \| ours \| 32\.00 ± 0\.50 \[\d+\] \|", main_t)  # beta 0.5: a weight, not an ablation
+    assert "BiDf-MKD | ours" not in main_t and "33.00" not in main_t and "31.00" not in main_t
+    assert "| `cifar-fs__purer__1__x` | PURER | CIFAR-FS | single | adv_schedule=off, init=random |" in other
+    assert "| `cifar-fs__bidf-mkd__0__x` | BiDf-MKD | CIFAR-FS | single | boundary=false |" in other
+    assert "| `cifar-fs__dro__0__x` | DRO | CIFAR-FS | single | beta=0.0 |" in other
+    assert re.search(r"\| PURER \| ours \| 36\.00 ± 0\.50 \[\d+\] \|", table(text, "Multi-architecture"))

@@ -28,6 +28,14 @@ ABLATION_DEFAULTS: dict[str, Any] = dict(grouping="dissimilarity", igr="first", 
                                          groups=5, zoo_size=0, replay_mix="across", replay_cue=0.0,
                                          replay_cue_scope="class", replay_cue_kind="colour",
                                          rec_augment=True)
+# Switches that make a baseline its paper's method, by method; a run setting one otherwise is an ablation of the
+# baseline (an "other run"), never its row in the main table. PURER's init defaults to random in the multi-arch
+# scenario, as its preset (no parameter average of mixed architectures); DRO's beta may be any weight but 0 (no DRO).
+METHOD_SWITCHES: dict[str, dict[str, Any]] = {
+    "purer": dict(adv_schedule="switch", init="average", first_order=False),
+    "bidf-mkd": dict(boundary=True, inner_loss="kd", kd_form="kl", first_order=False),
+    "dro": dict(beta="> 0", flow="svgd", head="fused", meta_init="mean"),
+}
 # Config fields that do not change what a run measures (machine, paths, stopping and resuming).
 IGNORED = {"seed", "device", "threads", "out_dir", "data_root", "zoo", "groups_from", "resume", "run_dir",
            "stop_after", "time_limit", "episode_batch", "shots"}
@@ -39,7 +47,8 @@ SPEED = {"rec_amp", "rec_graph", "rec_channels_last", "rec_batching", "rec_compi
 # nor shows as set away from the defaults.
 NOT_APPLIED = "n/a"
 # Fields that place a run in a table (its row or column).
-COORDINATES = {"dataset", "train_shot", "method", "split", *ABLATION_DEFAULTS}
+COORDINATES = {"dataset", "train_shot", "method", "split", *ABLATION_DEFAULTS,
+               *(k for switches in METHOD_SWITCHES.values() for k in switches)}
 
 
 def read_metrics(path: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
@@ -149,13 +158,23 @@ class Run:
         """A meta-training run that stopped before its configured T (time limit)."""
         return self.kind == "train" and None not in (self.epochs, self.epochs_run) and self.epochs_run < self.epochs
 
+    def switch_defaults(self) -> dict[str, Any]:
+        """The defaults of the switches this run's method has: TGR's (:data:`ABLATION_DEFAULTS`; a baseline has
+        only some, e.g. zoo_size) and the baseline's own (:data:`METHOD_SWITCHES`)."""
+        own = dict(METHOD_SWITCHES.get(self.method, {}))
+        if self.method == "purer" and self.scenario == "multi-arch":
+            own["init"] = "random"
+        return {k: v for k, v in {**ABLATION_DEFAULTS, **own}.items() if k in self.config}
+
     def ablation(self) -> dict[str, Any]:
-        """The run's values of the ablation switches it has (baselines have only some, e.g. zoo_size)."""
-        return {k: self.config[k] for k in ABLATION_DEFAULTS if k in self.config}
+        """The run's values of the switches its method has."""
+        return {k: self.config[k] for k in self.switch_defaults()}
 
     def deviations(self) -> set[str]:
-        """Ablation switches set away from the paper's default."""
-        return {k for k, v in self.ablation().items() if v != ABLATION_DEFAULTS[k]}
+        """Switches set away from the paper's default (for DRO's beta, "> 0": any weight but 0)."""
+        defaults = self.switch_defaults()
+        return {k for k, v in self.ablation().items()
+                if (not (isinstance(v, (int, float)) and v > 0) if defaults[k] == "> 0" else v != defaults[k])}
 
     def changed_settings(self) -> dict[str, Any]:
         """Settings a meta-training run set away from its method's defaults (the paper's sizes: recovery, replay,

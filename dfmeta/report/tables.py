@@ -1,7 +1,8 @@
 """The report's tables in the paper's layout: Table 1 (main), the scenarios, Tables 4-6 and 8, Fig. 6 as a table.
 
 Each finished run lands in exactly one place, by its scenario and the ablation switches it sets away from the
-paper's defaults (:data:`dfmeta.report.collect.ABLATION_DEFAULTS`); ablation tables repeat the default TGR runs of
+paper's defaults (:data:`dfmeta.report.collect.ABLATION_DEFAULTS`, and a baseline's own switches,
+:data:`~dfmeta.report.collect.METHOD_SWITCHES`); ablation tables repeat the default TGR runs of
 the same datasets as their reference row. Runs of one setting whose other config fields differ (say ``rec_nf``)
 are not averaged together: they get rows of their own, labelled with the differing fields.
 """
