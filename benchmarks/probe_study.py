@@ -10,7 +10,9 @@ recovered tasks). A probe is ``random:SEED`` (the data-free fallback, a Conv4 wi
 ``ARCH=FILE`` (weights read as by ``dfmeta group --probe ARCH --probe-weights FILE``, e.g. a Conv4 trained on the
 embedded procedural dataset with ``dfmeta zoo build --dataset embedded --teachers 1 --ways 160``). Recovery uses
 ``dfmeta group``'s seed (42) and batching. ``--fisher-labels task probe`` adds a row per probe with the Fisher's
-labels taken from the probe's own predictions (``dfmeta group --fisher-labels probe``).
+labels taken from the probe's own predictions (``dfmeta group --fisher-labels probe``); ``--fisher-cosine whole
+layers`` a row per form of Eq. 6 (``dfmeta group --fisher-cosine``: the paper's one cosine, the authors' per-layer
+mean), on the same embeddings.
 
 Columns: Spearman's rho between W and the pair's class overlap over teacher pairs (Fig. 4: negative when teachers
 sharing classes are less dissimilar), mean W of pairs sharing 0 and >= 1 classes, the gap between the two in units
@@ -92,6 +94,8 @@ def main() -> None:
     ap.add_argument("--tasks", choices=["recovered", "real"], default="recovered")
     ap.add_argument("--fisher-labels", nargs="+", choices=["task", "probe"], default=["task"],
                     help="a row per probe and Fisher label choice (dfmeta group --fisher-labels)")
+    ap.add_argument("--fisher-cosine", nargs="+", choices=["whole", "layers"], default=["whole"],
+                    help="a row per form of Eq. 6 (dfmeta group --fisher-cosine), on the same embeddings")
     ap.add_argument("--data-root", default=None, help="for --tasks real (default: $DFMETA_DATA, else ../shared/data)")
     ap.add_argument("--seed", type=int, default=42, help="recovery and clustering seed (dfmeta group's default)")
     ap.add_argument("--threads", type=int, default=0)
@@ -122,11 +126,14 @@ def main() -> None:
     for spec, cfg in configs.items():
         t0 = time.perf_counter()
         probe, desc = load_probe(cfg, device, size)
-        W = dissimilarity(fisher_embeddings(tasks, probe, device, labels=cfg.fisher_labels))
-        labels = spectral_groups(W, a.groups, seed=a.seed)
-        rows[spec] = {"probe": desc, "W": W.round(6).tolist(), "labels": labels.tolist(),
-                      "stability": grouping_stability(W, labels, seed=a.seed),
-                      "within_overlap": within_group_overlap(labels, overlap), **overlap_stats(W, overlap)}
+        embeddings = fisher_embeddings(tasks, probe, device, labels=cfg.fisher_labels)
+        for cosine in a.fisher_cosine:
+            W = dissimilarity(embeddings, device, cosine)
+            labels = spectral_groups(W, a.groups, seed=a.seed)
+            name = spec + ("" if cosine == "whole" else f" [{cosine}]")
+            rows[name] = {"probe": desc, "W": W.round(6).tolist(), "labels": labels.tolist(),
+                          "stability": grouping_stability(W, labels, seed=a.seed),
+                          "within_overlap": within_group_overlap(labels, overlap), **overlap_stats(W, overlap)}
         print(f"{spec}: {time.perf_counter() - t0:.0f} s ({desc})")
     from sklearn.metrics import adjusted_rand_score
     specs = list(rows)

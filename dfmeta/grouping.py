@@ -14,8 +14,9 @@ F = mean over the task's images of (grad_phi log p_phi(y|x))^2, one tensor per p
   gradient per image; linear layers then need only (delta^2)^T (a^2), convolutions a batched matmul of the output
   gradient with the shifted input per kernel offset, BatchNorm a spatial sum.
 
-Dissimilarity (Eq. 6): W_ij = 1 - cos(F_i / (F_i + F_j), F_j / (F_i + F_j)), per layer, then the mean over layers
-(entries where both Fishers vanish are left out, as Task2Vec's epsilon does).
+Dissimilarity (Eq. 6): W_ij = 1 - cos(F_i / (F_i + F_j), F_j / (F_i + F_j)), one cosine over the whole embedding (the
+paper's Eq. 6, ``fisher_cosine="whole"``) or one per probe parameter tensor ("layer"), then their mean (the authors'
+code, ``"layers"``); entries where both Fishers vanish are left out, as Task2Vec's epsilon does.
 Grouping (Eq. 7): spectral clustering with W as the precomputed affinity, so dissimilar models land together
 (``mode="similarity"``, the Table 8 ablation, uses S = 1 - W instead).
 """
@@ -46,6 +47,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MODES = ("dissimilarity", "similarity")
 FISHER_LABELS = ("task", "probe")
+FISHER_COSINES = ("whole", "layers")
 CACHE_FILE = "fisher.npz"
 MAX_SAVED_EMBEDDINGS = 1 << 30  # bytes; larger Fisher embeddings (ResNet-34 zoos) are not written to the cache
 
@@ -71,6 +73,9 @@ class GroupingConfig:
     fisher_labels: Literal["task", "probe"] = "task"
     """Labels y of log p(y|x) in the Fisher: task (the teacher's class index 0..N-1 on the probe's head, as the
     authors) or probe (the probe's own prediction: W no longer depends on the order of a teacher's classes)."""
+    fisher_cosine: Literal["whole", "layers"] = "whole"
+    """Eq. 6's cosine: whole (one over the whole embedding, the paper) or layers (one per probe parameter tensor, then
+    their mean: the authors' code; every dfmeta grouping before 2026-12-07 used it)."""
     seed: int = 42
     """Random state of spectral clustering (and of the fallback probe's initialisation)."""
 
@@ -86,6 +91,9 @@ class GroupingConfig:
         if self.fisher_labels not in FISHER_LABELS:
             raise DfmetaError(f"field 'fisher_labels': expected one of {', '.join(FISHER_LABELS)}, "
                               f"got {self.fisher_labels!r}")
+        if self.fisher_cosine not in FISHER_COSINES:
+            raise DfmetaError(f"field 'fisher_cosine': expected one of {', '.join(FISHER_COSINES)}, "
+                              f"got {self.fisher_cosine!r}")
         if self.fisher_samples < 0 or self.probe_size < 0:
             raise DfmetaError("fields 'fisher_samples' and 'probe_size' must be non-negative")
 
@@ -283,14 +291,19 @@ def fisher_embeddings(tasks: list[RecoveredTask], probe: nn.Module, device: torc
 
 
 # ---------------------------------------------------------------------------------------------------------- Eq. 6-7
-def dissimilarity(embeddings: list[list[Tensor]], device: torch.device | str = "cpu") -> np.ndarray:
-    """Eq. 6: W_ij = 1 - mean over layers of cos(F_i / (F_i + F_j), F_j / (F_i + F_j)).
+def dissimilarity(embeddings: list[list[Tensor]], device: torch.device | str = "cpu",
+                  cosine: str = "whole") -> np.ndarray:
+    """Eq. 6: W_ij = 1 - cos(F_i / (F_i + F_j), F_j / (F_i + F_j)), the cosine over the whole embedding (``whole``,
+    the paper) or the mean over layers of each layer's cosine (``layers``, the authors' code).
 
-    As in Task2Vec, entries where both Fishers are 0 are left out; a layer that is 0 for both counts as identical.
+    As in Task2Vec, entries where both Fishers are 0 are left out; what is 0 for both counts as identical.
     """
+    if cosine not in FISHER_COSINES:
+        raise DfmetaError(f"dissimilarity: cosine must be one of {', '.join(FISHER_COSINES)}, got {cosine!r}")
     n = len(embeddings)
     layers = len(embeddings[0])
     cos = torch.zeros(n, n, dtype=torch.float64)
+    sums = torch.zeros(3, n, n, dtype=torch.float64)  # whole: a.b, |a|^2, |b|^2 summed over the layers
     for layer in range(layers):
         f = torch.stack([e[layer].flatten() for e in embeddings]).to(device, torch.float32)
         for i in range(n - 1):
@@ -299,10 +312,17 @@ def dissimilarity(embeddings: list[list[Tensor]], device: torch.device | str = "
             a = torch.where(on, f[i] / s, 0.0)
             b = torch.where(on, 1 - a, 0.0)
             dot = (a * b).sum(1, dtype=torch.float64)
-            norms = a.pow(2).sum(1, dtype=torch.float64).sqrt() * b.pow(2).sum(1, dtype=torch.float64).sqrt()
-            c = torch.where(on.any(1), dot / norms.clamp_min(1e-300), 1.0)
+            na, nb = a.pow(2).sum(1, dtype=torch.float64), b.pow(2).sum(1, dtype=torch.float64)
+            if cosine == "whole":
+                sums[:, i, i + 1:] += torch.stack([dot, na, nb]).cpu()
+                continue
+            c = torch.where(on.any(1), dot / (na.sqrt() * nb.sqrt()).clamp_min(1e-300), 1.0)
             cos[i, i + 1:] += c.cpu()
-    cos = cos / layers
+    if cosine == "whole":
+        dot, na, nb = sums
+        cos = torch.where(na > 0, dot / (na.sqrt() * nb.sqrt()).clamp_min(1e-300), 1.0).triu(1)
+    else:
+        cos = cos / layers
     w = 1 - (cos + cos.T)
     w.fill_diagonal_(0)
     return w.clamp_(0, 1).numpy()
@@ -433,6 +453,8 @@ def cache_key(cfg: GroupingConfig, ids: list[str], extra: dict | None = None) ->
     keep = {k: v for k, v in asdict(cfg).items() if k not in ("groups", "mode")}
     if cfg.fisher_labels == "task":  # the default: caches written before the field existed stay valid
         del keep["fisher_labels"]
+    if cfg.fisher_cosine == "layers":  # what caches written before the field existed computed: they stay valid
+        del keep["fisher_cosine"]
     if cfg.probe_weights:
         keep["fallback_probe"] = keep["seed"] = None
     return json.dumps({"grouping": keep, "teachers": ids, "extra": extra or {}}, sort_keys=True, default=str)
@@ -495,7 +517,7 @@ def group_teachers(zoo: Zoo, tasks: list[RecoveredTask] | Callable[[], list[Reco
         probe, desc = load_probe(cfg, device, size)
         embeddings = fisher_embeddings(tasks, probe, device, cfg.fisher_samples, size, on_task=on_task,
                                        labels=cfg.fisher_labels)
-        W = dissimilarity(embeddings, device)
+        W = dissimilarity(embeddings, device, cfg.fisher_cosine)
     labels = spectral_groups(W, cfg.groups, cfg.mode, cfg.seed)
     info = {"probe": desc, "cached": hit is not None, "seconds": round(time.perf_counter() - t0, 3),
             "teacher_ids": ids, "sizes": np.bincount(labels, minlength=cfg.groups).tolist()}

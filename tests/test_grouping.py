@@ -98,11 +98,38 @@ def test_dissimilarity_properties():
     e.append([t.clone() for t in e[0]])
     e.append([torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]), torch.zeros(5)])
     e.append([torch.tensor([[0.0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]), torch.zeros(5)])
-    W = dissimilarity(e)
-    assert np.allclose(W, W.T) and np.all(np.diag(W) == 0) and W.min() >= 0 and W.max() <= 1
-    assert W[0, 3] == pytest.approx(0, abs=1e-7)  # identical Fisher
-    assert W[4, 5] == pytest.approx(0.5)  # disjoint support in layer 0 (cos 0), all-zero layer 1 (cos 1)
-    assert W[0, 1] > 0
+    for cosine in ("whole", "layers"):
+        W = dissimilarity(e, cosine=cosine)
+        assert np.allclose(W, W.T) and np.all(np.diag(W) == 0) and W.min() >= 0 and W.max() <= 1
+        assert W[0, 3] == pytest.approx(0, abs=1e-7)  # identical Fisher
+        assert W[0, 1] > 0
+    # disjoint support in layer 0 (cos 0), all-zero layer 1 (cos 1 on its own; nothing in the whole embedding)
+    assert dissimilarity(e, cosine="layers")[4, 5] == pytest.approx(0.5)
+    assert dissimilarity(e, cosine="whole")[4, 5] == pytest.approx(1.0)
+
+
+def test_dissimilarity_forms_match_their_formulas():
+    """whole: Eq. 6 as the paper writes it, one cosine over the concatenated embedding; layers: the authors' code,
+    the mean of the per-layer cosines."""
+    torch.manual_seed(1)
+    e = [[torch.rand(6, 2) ** 3, torch.rand(40) ** 3, torch.rand(3) ** 3] for _ in range(4)]
+
+    def cos(f: torch.Tensor, g: torch.Tensor) -> float:
+        a, b = f / (f + g), g / (f + g)
+        return float(a.double() @ b.double() / (a.double().norm() * b.double().norm()))
+    whole = np.array([[0 if i == j else 1 - cos(torch.cat([t.flatten() for t in e[i]]),
+                                                torch.cat([t.flatten() for t in e[j]]))
+                       for j in range(4)] for i in range(4)])
+    layers = np.array([[0 if i == j else 1 - np.mean([cos(e[i][k].flatten(), e[j][k].flatten()) for k in range(3)])
+                        for j in range(4)] for i in range(4)])
+    assert np.allclose(dissimilarity(e), whole, atol=1e-6)  # the default is the paper's
+    assert np.allclose(dissimilarity(e, cosine="layers"), layers, atol=1e-6)
+    assert not np.allclose(whole, layers, atol=1e-2)
+    from dfmeta.grouping import cache_key
+    assert "fisher_cosine" not in cache_key(GroupingConfig(fisher_cosine="layers"), ["a"])  # older caches: layers
+    assert cache_key(GroupingConfig(), ["a"]) != cache_key(GroupingConfig(fisher_cosine="layers"), ["a"])
+    with pytest.raises(DfmetaError, match="fisher_cosine"):
+        GroupingConfig(fisher_cosine="mean")  # type: ignore[arg-type]
 
 
 def tiny_probe() -> nn.Module:

@@ -152,18 +152,20 @@ def test_probe_study_compares_probes_on_the_same_tasks(tmp_path) -> None:
     probes = ["random:42", "random:0", f"conv4={tmp_path / 'probe.safetensors'}", "random:42"]
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo), "--steps", "2",
                         "--nf", "4", "--per-class", "2", "--groups", "2", "--threads", "1",
-                        "--out", str(tmp_path / "s.json"), "--fisher-labels", "task", "probe", "--probes", *probes],
+                        "--out", str(tmp_path / "s.json"), "--fisher-labels", "task", "probe", "--fisher-cosine", "whole",
+                        "layers", "--probes", *probes],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
-    assert len(rows) == 6 and "40-way" in rows[probes[2]]["probe"]  # a repeated probe is one row
+    assert len(rows) == 12 and "40-way" in rows[probes[2]]["probe"]  # a repeated probe is one row
+    assert rows["random:0 [layers]"]["W"] != rows["random:0"]["W"]  # the authors' form of Eq. 6: another W
     assert rows["random:0 [probe]"]["W"] != rows["random:0"]["W"]  # the probe's own labels: another W
     assert rows["random:0"]["W"] != rows["random:42"]["W"]  # another random probe: another W
     for row in rows.values():
         assert len(row["labels"]) == 6 and -1 <= row["rho"] <= 1 and row["ari"][probes[0]] <= 1
         assert row["within_overlap"] >= 0
     assert rows["random:42"]["ari"]["random:42"] == 1
-    assert r.stdout.count("\n| ") == 7  # header and one line per probe and labels
+    assert r.stdout.count("\n| ") == 13  # header and one line per probe, labels and Eq. 6 form
     assert "random partitions into random:42's group sizes" in r.stdout
     for spec in ("conv4", "random:x"):
         bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo),

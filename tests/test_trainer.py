@@ -381,6 +381,8 @@ def test_groups_from_a_group_run(zoo, tmp_path):
     assert got["within_group_overlap"] == json.loads((grun / "groups.json").read_text())["within_group_overlap"]
     with pytest.raises(DfmetaError, match="grouped with 'task'"):  # groups of the other Fisher labels: refused
         train(tiny(zoo, tmp_path / "fl", epochs=1, groups_from=str(grun), fisher_labels="probe"))
+    with pytest.raises(DfmetaError, match="grouped with 'whole'"):  # nor groups of the other Eq. 6 form
+        train(tiny(zoo, tmp_path / "fc", epochs=1, groups_from=str(grun), fisher_cosine="layers"))
 
     # another c: the labels `dfmeta group --groups 3` gives on the same W
     shutil.copytree(grun, tmp_path / "g3")

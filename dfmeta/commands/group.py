@@ -171,7 +171,8 @@ def group_into(run: RunDir, cfg: GroupCommandConfig, zoo: Zoo, device: torch.dev
         print(f"class overlap within groups: {within:.2f} of that of any two teachers (below 1: the groups gather "
               f"teachers that share fewer classes than chance)")
     run.write_json("groups.json", {"mode": cfg.mode, "groups": cfg.groups, "probe": info["probe"],
-                                   "fisher_labels": cfg.fisher_labels, "labels": labels.tolist(),
+                                   "fisher_labels": cfg.fisher_labels, "fisher_cosine": cfg.fisher_cosine,
+                                   "labels": labels.tolist(),
                                    "teacher_ids": info["teacher_ids"], "members": members,
                                    "stability": round(stability, 4),
                                    "within_group_overlap": None if within is None else round(within, 4)})

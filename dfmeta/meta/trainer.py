@@ -71,6 +71,9 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
     fisher_labels: Literal["task", "probe"] = "task"
     """Labels of the Fisher: task (the teacher's class index on the probe's head, the authors') or probe (the probe's
     own prediction; not in the paper)."""
+    fisher_cosine: Literal["whole", "layers"] = "whole"
+    """Eq. 6's cosine: whole (over the whole Fisher embedding, the paper) or layers (per probe parameter tensor, then
+    the mean: the authors' code)."""
     igr: Literal["first", "second", "off"] = "first"
     """Meta-model update: first (IGR, the paper's form), second (the authors' second-order form), off (ERM)."""
     beta: float = 1e-3
@@ -239,7 +242,8 @@ class Trainer(MetaTrainer):
             return self.groups_of_run(cfg.groups_from)
         from dfmeta.grouping import group_teachers, grouping_stability, load_probe
         gcfg = GroupingConfig(groups=cfg.groups, mode=cfg.grouping, probe=cfg.probe, probe_weights=cfg.probe_weights,
-                              fisher_samples=cfg.fisher_samples, fisher_labels=cfg.fisher_labels)
+                              fisher_samples=cfg.fisher_samples, fisher_labels=cfg.fisher_labels,
+                              fisher_cosine=cfg.fisher_cosine)
         if gcfg.probe_weights:
             load_probe(gcfg, torch.device("cpu"), self.image_size)  # a bad weights file fails before the recovery
         t0 = time.perf_counter()
@@ -285,10 +289,11 @@ class Trainer(MetaTrainer):
         if not path.is_file():
             raise DfmetaError(f"field 'groups_from': {path} not found (a `dfmeta group` run directory expected)")
         g = json.loads(path.read_text())
-        used = g.get("fisher_labels", "task")
-        if used != cfg.fisher_labels:
-            raise DfmetaError(f"field 'fisher_labels': {cfg.fisher_labels!r}, but {path} was grouped with {used!r} "
-                              f"(pass --fisher-labels {used})")
+        for name, before in (("fisher_labels", "task"), ("fisher_cosine", "layers")):  # before: runs without it
+            used = g.get(name, before)
+            if used != getattr(cfg, name):
+                raise DfmetaError(f"field {name!r}: {getattr(cfg, name)!r}, but {path} was grouped with {used!r} "
+                                  f"(pass --{name.replace('_', '-')} {used})")
         ids = [t.id for t in self.zoo.teachers]
         same = (g.get("teacher_ids"), g.get("mode"), g.get("groups")) == (ids, cfg.grouping, cfg.groups)
         from dfmeta.grouping import CACHE_FILE, cached_dissimilarity, spectral_groups
