@@ -18,7 +18,6 @@ from torch import nn
 from torch.func import grad, vmap
 
 from dfmeta.data.dataset import FewShotSplit
-from dfmeta.data.domains import spread
 from dfmeta.data.episodes import Episodes, sample_episodes, to_input
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import fcall, head_names
@@ -147,17 +146,18 @@ class Evaluator:
 
 
 class DomainEvaluator:
-    """Episodes spread evenly over several datasets (the multi-domain scenario); one pooled mean and CI, and each
-    domain's own result in ``parts``. With one dataset it is exactly :class:`Evaluator`."""
+    """``n_episodes`` episodes of each of several datasets (the multi-domain scenario: the paper's 1800 test episodes
+    spread evenly over three datasets), the i-th dataset's seeded with ``seed + i``; one pooled mean and CI (the
+    paper's formula over all episodes: conservative, as it counts the spread between the datasets' means), and each
+    dataset's own result in ``parts``. With one dataset it is exactly :class:`Evaluator`."""
 
     def __init__(self, splits: Sequence[FewShotSplit], n_way: int = 5, k_shot: int = 1, n_query: int = 15,
                  n_episodes: int = 600, seed: int = 0, steps: int = 10, lr: float = 0.01,
                  device: torch.device | str = "cpu", episode_batch: int | None = None) -> None:
         if not splits:
             raise DfmetaError("evaluation needs at least one dataset")
-        counts = spread(n_episodes, len(splits))
-        self.evaluators = [Evaluator(s, n_way, k_shot, n_query, n, seed + i, steps, lr, device, episode_batch)
-                           for i, (s, n) in enumerate(zip(splits, counts)) if n > 0]
+        self.evaluators = [Evaluator(s, n_way, k_shot, n_query, n_episodes, seed + i, steps, lr, device,
+                                     episode_batch) for i, s in enumerate(splits)]
 
     def __call__(self, model: nn.Module, params: dict[str, torch.Tensor], head: HeadMode = "keep",
                  head_seed: int = 0, progress: str = "") -> EvalResult:

@@ -1,4 +1,4 @@
-"""The multi-domain scenario: dataset specs, grey to colour, even episode spread, pooled results, zoo merge, and a
+"""The multi-domain scenario: dataset specs, grey to colour, episodes on each dataset, pooled results, zoo merge, and a
 TGR run whose zoo mixes two datasets."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from conftest import make_zoo
 from dfmeta.config import make
 from dfmeta.data.dataset import FewShotSplit
-from dfmeta.data.domains import check_dataset_spec, dataset_names, load_domains, spread, with_channels
+from dfmeta.data.domains import check_dataset_spec, dataset_names, load_domains, with_channels
 from dfmeta.data.embedded import embedded_split
 from dfmeta.data.registry import DATASETS, DatasetSpec
 from dfmeta.errors import DfmetaError
@@ -47,7 +47,6 @@ def test_specs_and_errors() -> None:
         check_dataset_spec("embedded+nope")
     with pytest.raises(DfmetaError, match="twice"):
         check_dataset_spec("embedded+embedded")
-    assert spread(600, 2) == [300, 300] and spread(1800, 3) == [600] * 3 and spread(7, 3) == [3, 2, 2]
 
 
 def test_grey_becomes_colour_and_sizes_must_agree() -> None:
@@ -63,14 +62,14 @@ def test_grey_becomes_colour_and_sizes_must_agree() -> None:
         load_domains("embedded+grey-test", "val")  # embedded is 32 px, grey-test 16 px
 
 
-def test_domain_evaluator_pools_even_shares() -> None:
+def test_domain_evaluator_pools_each_datasets_episodes() -> None:
     splits = load_domains("embedded+grey-test", "val", image_size=16)
     torch.manual_seed(0)
     model = build("conv4", 5, 16, 3, "batch")
     p = params_of(model)
-    multi = DomainEvaluator(splits, 5, 1, 2, 7, seed=3, steps=1)(model, p)
-    assert len(multi.accs) == 7 and set(multi.parts) == {"embedded/val", "grey/val"}
-    alone = [Evaluator(s, 5, 1, 2, n, seed=3 + i, steps=1)(model, p) for i, (s, n) in enumerate(zip(splits, [4, 3]))]
+    multi = DomainEvaluator(splits, 5, 1, 2, 4, seed=3, steps=1)(model, p)
+    assert len(multi.accs) == 8 and set(multi.parts) == {"embedded/val", "grey/val"}  # 4 episodes of each
+    alone = [Evaluator(s, 5, 1, 2, 4, seed=3 + i, steps=1)(model, p) for i, s in enumerate(splits)]
     np.testing.assert_allclose(multi.accs, np.concatenate([a.accs for a in alone]))
     assert multi.parts["grey/val"].mean == pytest.approx(alone[1].mean)
     assert set(multi.as_dict()["domains"]) == {"embedded/val", "grey/val"}
@@ -117,8 +116,8 @@ def test_multi_domain_training_reports_each_domain(tmp_path, capsys) -> None:
     res = train(cfg)
     assert "warning" not in capsys.readouterr().out
     test = res["test"]["1"]
-    assert test["episodes"] == 6 and set(test["domains"]) == {"embedded/test", "grey/test"}
-    assert [d["episodes"] for d in test["domains"].values()] == [3, 3]
+    assert test["episodes"] == 12 and set(test["domains"]) == {"embedded/test", "grey/test"}
+    assert [d["episodes"] for d in test["domains"].values()] == [6, 6]  # --episodes on each, as the paper's 600
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "results.json").read_text())["dataset"] == "embedded+grey-test"
 

@@ -18,7 +18,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "multi-arch-1shot": dict(dataset="cifar-fs", train_shot=1, epochs=1000),
     "multi-arch-5shot": dict(dataset="cifar-fs", train_shot=5, epochs=1000),
     # Multi-domain with the datasets here: a zoo merged from CIFAR-FS and Omniglot teachers (32 px, colour),
-    # evaluation spread evenly over both meta-test splits (the paper: CIFAR-FS, miniImageNet, CUB; 1800 episodes).
+    # evaluation spread evenly over both meta-test splits, --episodes on each (the paper: CIFAR-FS, miniImageNet, CUB;
+    # 1800 episodes, 600 on each).
     "multi-domain-1shot": dict(dataset="cifar-fs+omniglot", image_size=32, train_shot=1, epochs=1000),
     "multi-domain-5shot": dict(dataset="cifar-fs+omniglot", image_size=32, train_shot=5, epochs=1000),
 }

@@ -69,10 +69,4 @@ def load_domains(spec: str, split: str, root: str | os.PathLike | None = None, i
     return splits
 
 
-def spread(n_episodes: int, n_domains: int) -> list[int]:
-    """Episodes per domain, as even as possible (the first domains take the remainder)."""
-    base, extra = divmod(n_episodes, n_domains)
-    return [base + (i < extra) for i in range(n_domains)]
-
-
-__all__ = ["dataset_names", "check_dataset_spec", "with_channels", "load_domains", "spread"]
+__all__ = ["dataset_names", "check_dataset_spec", "with_channels", "load_domains"]
