@@ -91,7 +91,8 @@ fi
 if want 5; then
 echo "== 5. Fisher probes on paper-size recovered tasks (docs/results/cpu-2026-12-02-probes.md) ($(left) s left)"
 timeout 240 python benchmarks/probe_study.py --zoo .carry/zoo --device "$DEVICE" "${PROBE[@]}" \
-  --fisher-labels task probe --probes random:42 random:0 --out "$OUT/probe_study.json" || echo "!! step 5 failed (rc $?)"
+  --fisher-labels task probe --fisher-cosine whole layers --probes random:42 random:0 \
+  --out "$OUT/probe_study.json" || echo "!! step 5 failed (rc $?)"
 fi
 if want 6; then
 echo "== 6. TGR with and without the background recovery (--rec-overlap), $OV_EPOCHS epochs each ($(left) s left)"
