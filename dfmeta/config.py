@@ -121,6 +121,17 @@ def given(cfg: Any) -> dict[str, str] | None:
     return getattr(cfg, "_given", None)
 
 
+BEFORE_FIELD: dict[str, Any] = {"fisher_cosine": "layers"}
+"""What a stored config written before a field existed ran, where that differs from the field's default now (the
+authors' per-layer Eq. 6 was the only form): used to read old runs (a resume, the report)."""
+
+
+def as_stored(cls: type, stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored config's fields with :data:`BEFORE_FIELD`'s values for the fields of ``cls`` it lacks."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {**{k: v for k, v in BEFORE_FIELD.items() if k in names}, **stored}
+
+
 def make(cls: type, values: dict[str, Any]) -> Any:
     """Build ``cls`` from a dict, with a clear error for an unknown field; tuples restored from JSON lists."""
     names = {f.name: f for f in dataclasses.fields(cls)}

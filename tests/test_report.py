@@ -644,3 +644,13 @@ def test_a_baselines_ablation_is_not_its_main_row(tmp_path) -> None:
     assert "| `cifar-fs__bidf-mkd__0__x` | BiDf-MKD | CIFAR-FS | single | boundary=false |" in other
     assert "| `cifar-fs__dro__0__x` | DRO | CIFAR-FS | single | beta=0.0 |" in other
     assert re.search(r"\| PURER \| ours \| 36\.00 ± 0\.50 \[\d+\] \|", table(text, "Multi-architecture"))
+
+
+def test_a_run_written_before_fisher_cosine_shows_the_form_it_used(tmp_path) -> None:
+    """A TGR run whose config predates --fisher-cosine grouped with the authors' per-layer form, not today's default:
+    beside a run of the paper's form, the two get rows of their own, named by what each ran."""
+    train_run(tmp_path, "cifar-fs__tgr__0__old", {1: (40.0, 0.6)})
+    train_run(tmp_path, "cifar-fs__tgr__0__new", {1: (41.0, 0.6)}, fisher_cosine="whole")
+    main_t = table(build_report([str(tmp_path)]), "Main results")
+    assert re.search(r"\| TGR \[fisher_cosine=layers\] \| ours \| 40\.00 ± 0\.60", main_t), main_t
+    assert re.search(r"\| TGR \[fisher_cosine=whole\] \| ours \| 41\.00 ± 0\.60", main_t), main_t

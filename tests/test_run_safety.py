@@ -212,3 +212,21 @@ def test_a_resume_call_may_name_the_zoo_where_it_lies_now(zoo, tmp_path):
     (d / "zoo.json").unlink()  # a run started before zoo.json existed, whose zoo is gone: nothing to check against
     with pytest.raises(DfmetaError, match="cannot be checked"):
         resume(d, zoo=str(now))
+
+
+def test_a_run_older_than_fisher_cosine_resumes_with_the_form_it_began_with(zoo, tmp_path, monkeypatch):
+    """A run whose config.json predates --fisher-cosine grouped (or would have) with the authors' per-layer form: a
+    resume that still has to group uses that form, not today's default."""
+    import dfmeta.grouping as grouping
+    train(tiny(zoo, tmp_path, stop_after=1, epochs=2))
+    d = run_dir(tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    assert config.pop("fisher_cosine") == "whole"
+    (d / "config.json").write_text(json.dumps(config))
+    for name in ("groups.npz", "groups.json", "checkpoint.pt", "metrics.jsonl"):  # as if killed in its grouping
+        (d / name).unlink(missing_ok=True)
+    real, seen = grouping.dissimilarity, []
+    monkeypatch.setattr(grouping, "dissimilarity", lambda e, device="cpu", cosine="whole": seen.append(cosine)
+                        or real(e, device, cosine))
+    resume(d, stop_after=1)
+    assert seen == ["layers"]

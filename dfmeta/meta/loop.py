@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from dfmeta.commands.common import DataConfig, EvalFields
-from dfmeta.config import given, learning_rates, make, require, to_dict
+from dfmeta.config import as_stored, given, learning_rates, make, require, to_dict
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
@@ -396,6 +396,7 @@ def resumed_config(cfg: MetaLoopConfig, method: str) -> MetaLoopConfig:
         raise DfmetaError(f"{path}: not a run directory (no config.json)")
     stored = read_json_object(path / "config.json")
     run = load_run(path, stored)
+    stored = as_stored(type(cfg), stored)  # a run older than a field goes on as it began
     if run.kind != "train":
         raise DfmetaError(f"{path} is {describe(run)}, not a meta-training run: there is nothing to resume")
     if run.method != "?" and command_of(run.method) != command_of(method):

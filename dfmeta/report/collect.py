@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dfmeta.config import BEFORE_FIELD
 from dfmeta.errors import DfmetaError
 from dfmeta.runs import read_json, read_json_object
 
@@ -328,9 +329,9 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
     notes: list[str] = []
     run = Run(path, kind, config, results, analysis, read_metrics(run_file(path, "metrics.jsonl"), notes),
               read_metrics(run_file(path, "env.jsonl"), notes), notes=notes)
-    if kind == "train":  # a run older than a config field had that field's default
+    if kind == "train":  # a run older than a config field had that field's default (or what it ran before it)
         run.defaults = config_defaults(run.method)
-        run.config = {**run.defaults, **config}
+        run.config = {**run.defaults, **{k: v for k, v in BEFORE_FIELD.items() if k in run.defaults}, **config}
         if "small_groups" in run.defaults and not run.small_groups_acted():
             run.config["small_groups"] = NOT_APPLIED  # no group was small: any value would have run the same
     run.archs, run.zoo_note = zoo_archs(config, results)
