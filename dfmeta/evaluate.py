@@ -126,12 +126,12 @@ class Evaluator:
                  head_seed: int = 0, progress: str = "") -> EvalResult:
         """Fine-tune ``params`` on every episode's support set and return query accuracy with its 95% CI;
         ``progress``: show a bar of the episodes with this label (none when empty)."""
-        from tqdm import tqdm
+        from dfmeta.progress import bar as progress_bar
         params = {k: v.detach().to(self.device, torch.float32) for k, v in params.items()}
         params = prepare_head(model, params, self.n_way, head, head_seed)
         model = model.to(self.device)
         accs = []
-        bar = tqdm(total=len(self.episodes), desc=progress, unit="ep", leave=False, disable=not progress,
+        bar = progress_bar(total=len(self.episodes), desc=progress, unit="ep", leave=False, disable=not progress,
                    dynamic_ncols=True)
         for lo in range(0, len(self.episodes), self.episode_batch):
             sl = slice(lo, lo + self.episode_batch)

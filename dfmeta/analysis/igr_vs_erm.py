@@ -118,8 +118,9 @@ def compare(run: RunDir, cfg: IGRvsERMConfig, zoo: Zoo, device: torch.device) ->
     rows = run.metrics()  # a killed call's epochs after the checkpoint are run (and logged) again
     if any(m.get("epoch", 0) > epoch for m in rows):
         run.rewrite_metrics([m for m in rows if m.get("epoch", 0) <= epoch])
-    from tqdm import tqdm
-    for e in tqdm(range(epoch + 1, cfg.epochs + 1), initial=epoch, total=cfg.epochs, desc="IGR vs ERM", unit="ep"):
+    from dfmeta.progress import bar
+    for e in bar(iterable=range(epoch + 1, cfg.epochs + 1), initial=epoch, total=cfg.epochs, desc="IGR vs ERM",
+                 unit="ep"):
         rng = np.random.default_rng(epoch_seed(cfg.seed, e, 1))
         chosen = sorted(rng.choice(len(zoo), cfg.teachers_per_epoch, replace=False).tolist())
         tasks = recover_tasks(zoo.teachers, chosen, cfg, device, epoch_seed(cfg.seed, e, 0))

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from dfmeta import task_checkpoint
 from dfmeta.cli import Command
 from dfmeta.errors import DfmetaError
 from dfmeta.grouping import (GroupingConfig, class_overlap, group_teachers, grouping_stability, load_probe,
                              within_group_overlap)
+from dfmeta.progress import bar as progress_bar
 from dfmeta.recover import RecoveryConfig, by_architecture, once, recover_tasks, teachers_per_batch
 from dfmeta.runs import RunDir, atomic_write, expect_directory, resolve_device, set_threads
 from dfmeta.zoo.format import Zoo
@@ -140,12 +140,12 @@ def group_into(run: RunDir, cfg: GroupCommandConfig, zoo: Zoo, device: torch.dev
 
     def tasks():  # called only when the run directory holds no W for these settings
         nonlocal fisher_bar
-        with tqdm(total=len(zoo) * cfg.steps, desc="recovering tasks", unit="teacher-step") as bar:
+        with progress_bar(total=len(zoo) * cfg.steps, desc="recovering tasks", unit="teacher-step") as bar:
             out = task_checkpoint.recover_resumably(
                 folder, key, by_architecture(zoo.teachers, list(range(len(zoo)))), chunk,
                 lambda part: recover_tasks(zoo.teachers, part, rcfg, device, cfg.seed, chunk, on_step=bar.update),
                 device, lambda part, loaded: bar.update(len(part) * cfg.steps) if loaded else None)
-        fisher_bar = tqdm(total=len(zoo), desc="Fisher embeddings", unit="task")
+        fisher_bar = progress_bar(total=len(zoo), desc="Fisher embeddings", unit="task")
         return out
 
     labels, W, info = group_teachers(zoo, tasks, gcfg, device, cache=run.path,
