@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -13,7 +14,11 @@ from dfmeta.commands.common import DataConfig, EvalFields
 from dfmeta.data.dataset import FewShotSplit
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
-from dfmeta.runs import RunDir, resolve_device, seed_everything, set_threads
+from dfmeta.config import given, make, to_dict
+from dfmeta.runs import RunDir, read_json_object, resolve_device, seed_everything, set_threads
+
+CALL_FIELDS = ("device", "threads", "data_root", "resume")
+"""What a ``--resume`` call of an evaluation may give anew (where and how it runs); the rest is the run's."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class EvaluateConfig(DataConfig, EvalFields):
     """Image size (0: the dataset's own)."""
     split: Literal["val", "test"] = "test"
     """Split to evaluate: val (model selection) or test (the final number, once)."""
+    resume: str = ""
+    """Continue this evaluation run directory (a killed call): its config is used, the K values it scored are kept."""
 
     def validate(self) -> None:
         DataConfig.validate(self)
@@ -37,27 +44,63 @@ class EvaluateConfig(DataConfig, EvalFields):
         if self.method not in BASELINES:
             raise DfmetaError(f"field 'method': unknown method {self.method!r}; expected one of: "
                               f"{', '.join(sorted(BASELINES))}")
-        if self.method in NEEDS_ZOO and not self.zoo:
+        if self.method in NEEDS_ZOO and not self.zoo and not self.resume:
             raise DfmetaError(f"method {self.method!r} needs a zoo: pass --zoo DIR")
 
 
 def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSplit], device: torch.device,
-                  run: RunDir | None, label: str) -> dict[int, dict]:
-    """Evaluate one initialisation at every K of ``cfg.shots`` (episodes spread over ``splits``); log and return
-    ``{K: result dict}``."""
+                  run: RunDir | None, label: str, done: dict[int, dict] | None = None) -> dict[int, dict]:
+    """Evaluate one initialisation at every K of ``cfg.shots`` (``cfg.episodes`` on each of ``splits``) but those in
+    ``done`` (scored by an earlier call); log each and return ``{K: result dict}``."""
     out = {}
     where = "+".join(s.name for s in splits)
     for k in cfg.shots:
+        if done and k in done:
+            out[k] = done[k]
+            print(f"{label:>12s}  {where}  {cfg.ways}-way {k}-shot: {done[k]['acc']:.2f} ± {done[k]['ci95']:.2f}  "
+                  f"({done[k]['episodes']} episodes; scored by an earlier call)")
+            continue
         res = cfg.evaluator(splits, k, device)(init.model, init.params, init.head, progress=f"{label} {k}-shot")
         out[k] = res.as_dict()
         per = "".join(f"; {n} {r}" for n, r in res.parts.items())
-        print(f"{label:>12s}  {where}  {cfg.ways}-way {k}-shot: {res}{per}  ({cfg.episodes} episodes)")
+        print(f"{label:>12s}  {where}  {cfg.ways}-way {k}-shot: {res}{per}  ({len(res.accs)} episodes)")
         if run is not None:
             run.log(method=label, split=where, ways=cfg.ways, shots=k, **res.as_dict())
     return out
 
 
+def resumed_evaluation(cfg: EvaluateConfig) -> EvaluateConfig:
+    """The config a ``--resume`` call continues with: the run's, with the call's :data:`CALL_FIELDS`; refuses a run
+    that is no evaluation and a setting the run fixes."""
+    path = Path(cfg.resume)
+    if not (path / "config.json").is_file():
+        raise DfmetaError(f"{path}: not a run directory (no config.json)")
+    stored = read_json_object(path / "config.json")
+    if "split" not in stored or "val_every" in stored:
+        raise DfmetaError(f"{path}: not a `dfmeta evaluate` run (resume a meta-training run with its own command)")
+    from_call = given(cfg) or {k: "flag" for k, v in to_dict(cfg).items() if v != to_dict(EvaluateConfig())[k]}
+    fixed = [k for k in from_call if k not in CALL_FIELDS and to_dict(cfg)[k] != stored.get(k)]
+    if fixed:
+        raise DfmetaError(f"{path}: {', '.join('--' + k.replace('_', '-') for k in fixed)} given with --resume, but "
+                          f"the run's config.json fixes it; a resume call takes only --device, --threads, --data-root")
+    return make(EvaluateConfig, {**stored, **{k: getattr(cfg, k) for k in CALL_FIELDS if k in from_call},
+                                 "resume": ""})
+
+
+def scored(run: RunDir, method: str) -> dict[int, dict[str, Any]]:
+    """The results a killed call of this evaluation logged, by K (a line cut short by the kill is left out)."""
+    from dfmeta.report.collect import read_metrics
+    keys = ("method", "split", "ways", "shots")
+    return {int(r["shots"]): {k: v for k, v in r.items() if k not in keys}
+            for r in read_metrics(run.path / "metrics.jsonl") if r.get("method") == method and "shots" in r}
+
+
 def run_evaluate(cfg: EvaluateConfig) -> None:
+    resume = cfg.resume
+    if resume:
+        cfg = resumed_evaluation(cfg)
+        if (Path(resume) / "results.json").is_file():
+            raise DfmetaError(f"{resume}: finished already (its results.json holds every K)")
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -74,14 +117,19 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     if zoo is not None:
         print(f"{cfg.method}: building the initialisation from the zoo's {len(zoo)} teachers", flush=True)
     init = BASELINES[cfg.method](inp)
-    run = RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
-    run.record_environment(device)
+    run = RunDir(resume) if resume else RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
     try:
-        results = evaluate_init(init, cfg, splits, device, run, cfg.method)
+        with run.locked():
+            run.record_environment(device)
+            results = evaluate_init(init, cfg, splits, device, run, cfg.method, scored(run, cfg.method))
+            run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
     except DfmetaError:
-        run.discard_if_unused()  # failed before its first result: leave no run directory behind
+        if not resume:
+            run.discard_if_unused()  # failed before its first result: leave no run directory behind
         raise
-    run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
+    except KeyboardInterrupt:
+        print(f"continue with: dfmeta evaluate --resume {run.path}", flush=True)
+        raise
     print(f"run directory: {run.path}")
 
 
