@@ -29,7 +29,8 @@ def train_run(root: Path, name: str, accs: dict[int, tuple[float, float]] | None
     config = dict(dataset=dataset, seed=0, zoo="", zoo_size=0, train_shot=train_shot, epochs=epochs, val_every=20,
                   episodes=600, rec_nf=64)
     if method == "tgr":
-        config.update(grouping="dissimilarity", igr="first", groups=5, kd=True, ce=True, replay=True)
+        config.update(grouping="dissimilarity", igr="first", groups=5, kd=True, ce=True, replay=True,
+                      fisher_cosine="whole")
     config.update(cfg)
     _write(d, "config.json", config)
     rows = [{"epoch": e, "loss": 1.0, "t_recover": 0.1} for e in range(1, epochs_run + 1)]
@@ -649,8 +650,19 @@ def test_a_baselines_ablation_is_not_its_main_row(tmp_path) -> None:
 def test_a_run_written_before_fisher_cosine_shows_the_form_it_used(tmp_path) -> None:
     """A TGR run whose config predates --fisher-cosine grouped with the authors' per-layer form, not today's default:
     beside a run of the paper's form, the two get rows of their own, named by what each ran."""
-    train_run(tmp_path, "cifar-fs__tgr__0__old", {1: (40.0, 0.6)})
-    train_run(tmp_path, "cifar-fs__tgr__0__new", {1: (41.0, 0.6)}, fisher_cosine="whole")
-    main_t = table(build_report([str(tmp_path)]), "Main results")
+    old = train_run(tmp_path, "cifar-fs__tgr__0__old", {1: (40.0, 0.6)})
+    config = json.loads((old / "config.json").read_text())
+    del config["fisher_cosine"]
+    (old / "config.json").write_text(json.dumps(config))
+    train_run(tmp_path, "cifar-fs__tgr__0__new", {1: (41.0, 0.6)})
+    off = train_run(tmp_path, "cifar-fs__tgr__0__off", {1: (39.0, 0.6)}, epochs=50, grouping="off", igr="off")
+    config = json.loads((off / "config.json").read_text())
+    del config["fisher_cosine"]
+    (off / "config.json").write_text(json.dumps(config))
+    text = build_report([str(tmp_path)])
+    main_t = table(text, "Main results")
     assert re.search(r"\| TGR \[fisher_cosine=layers\] \| ours \| 40\.00 ± 0\.60", main_t), main_t
     assert re.search(r"\| TGR \[fisher_cosine=whole\] \| ours \| 41\.00 ± 0\.60", main_t), main_t
+    vanilla = [x for x in table(text, "Ablation").splitlines() if "39.00" in x or "__off`" in x]
+    assert len(vanilla) == 2 and "fisher_cosine" not in "".join(vanilla), vanilla  # it grouped nothing: no Eq. 6
+    assert "fisher_cosine=layers" in "".join(x for x in main_t.splitlines() if "__old`" in x)  # its footnote

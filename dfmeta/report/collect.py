@@ -334,6 +334,8 @@ def load_run(path: Path, config: dict[str, Any] | None = None) -> Run:
         run.config = {**run.defaults, **{k: v for k, v in BEFORE_FIELD.items() if k in run.defaults}, **config}
         if "small_groups" in run.defaults and not run.small_groups_acted():
             run.config["small_groups"] = NOT_APPLIED  # no group was small: any value would have run the same
+        if run.config.get("grouping") == "off" and "fisher_cosine" in run.defaults:
+            run.config["fisher_cosine"] = NOT_APPLIED  # nothing was grouped: no form of Eq. 6 was used
     run.archs, run.zoo_note = zoo_archs(config, results)
     if run.kind != "analysis":
         for k, res in run._by_shot().items():
