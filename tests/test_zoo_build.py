@@ -100,9 +100,11 @@ def test_batched_equals_alone_adam(split):
 
 def test_resnet_teachers_sgd_milestones():
     split = tiny_split(10, 8)
-    recipe = dataclasses.replace(TINY, teachers=2, epochs=2, archs=("resnet10",), milestones=(1,), batch_size=64)
+    recipe = dataclasses.replace(TINY, teachers=2, epochs=2, archs=("resnet10",), milestones=(1,), batch_size=64,
+                                 optimizer="auto")
     plans = plan_zoo(split.n_classes, recipe, 0)
-    assert recipe.optimizer_for("resnet10") == "sgd"
+    assert recipe.optimizer_for("resnet10") == "sgd"  # auto: the authors' code
+    assert TINY.optimizer_for("resnet10") == TINY.optimizer_for("conv4") == "adam"  # the default: the paper
     out = train_group(plans, split, recipe, 0)
     ref, _ = reference(plans[1], split, recipe, 0)
     assert_close_state(ref, out[1].state, atol=1e-4)
@@ -200,3 +202,32 @@ def test_cli_build_on_embedded(tmp_path, capsys):
     assert "trained 0 teachers, 2 already done" in capsys.readouterr().out
     assert main(args[:-2] + ["--archs", "vgg"]) == 2
     assert "unknown architecture 'vgg'" in capsys.readouterr().err
+
+
+def test_an_older_build_of_conv4_teachers_resumes_under_the_new_optimizer_default(split, tmp_path):
+    """A zoo built when the default was auto (Adam for Conv4) resumes under today's adam default; a ResNet zoo built
+    under auto (SGD) does not, and says which setting differs."""
+    kw = dict(split=split, dataset="tiny", seed=0, teachers_at_once=2, progress=False)
+    build_zoo(tmp_path / "c", recipe=dataclasses.replace(TINY, teachers=1, epochs=1, optimizer="auto"), **kw)
+    assert build_zoo(tmp_path / "c", recipe=dataclasses.replace(TINY, teachers=2, epochs=1), **kw).trained == ["1"]
+    resnets = dataclasses.replace(TINY, teachers=1, epochs=1, archs=("resnet10",), batch_size=64)
+    build_zoo(tmp_path / "r", recipe=dataclasses.replace(resnets, optimizer="auto"), **kw)
+    with pytest.raises(DfmetaError, match="optimizer='auto', now 'adam'"):
+        build_zoo(tmp_path / "r", recipe=resnets, **kw)
+
+
+def test_a_shard_without_blocks_is_refused_up_front(split, tmp_path):
+    kw = dict(split=split, dataset="tiny", recipe=dataclasses.replace(TINY, epochs=1), seed=0, progress=False)
+    with pytest.raises(DfmetaError, match="shard 2/3: no teachers to train: 3 teachers in blocks of at most 2 "
+                                          "\\(--teachers-at-once\\) make 2 block\\(s\\)"):
+        build_zoo(tmp_path, shard=(2, 3), teachers_at_once=2, **kw)
+    assert not list(tmp_path.glob("model_*"))
+
+
+def test_cli_build_takes_its_thread_count(tmp_path, monkeypatch):
+    import dfmeta.commands.zoo as zoo_cmd
+    seen = []
+    monkeypatch.setattr(zoo_cmd, "set_threads", seen.append)
+    assert main(["zoo", "build", "--zoo", str(tmp_path), "--teachers", "1", "--epochs", "1", "--image-size", "16",
+                 "--device", "cpu", "--threads", "1"]) == 0
+    assert seen == [1]

@@ -60,6 +60,9 @@ def test_import_fake_authors_zoo(tmp_path):
     assert t.arch == "conv4" and t.image_size == 32 and t.dataset == "cifar-fs"
     assert t.recipe["best_epoch"] == 3 and t.mean == (0.5071, 0.4867, 0.4408)
     assert all(torch.equal(t.state[k], ours[1][k]) for k in ours[1])
+    # a manifest without normalisation: the dataset's (ImageNet statistics for the 84 px datasets), not CIFAR's
+    import_authors_zoo(tmp_path / "src", tmp_path / "cub", dataset="cub")
+    assert load_zoo(tmp_path / "cub")[0].mean == (0.485, 0.456, 0.406)
 
 
 def test_import_rejects_differing_duplicate(tmp_path):

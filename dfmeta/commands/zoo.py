@@ -13,7 +13,7 @@ from dfmeta.commands.common import DataConfig
 from dfmeta.data.domains import check_dataset_spec, dataset_names, with_channels
 from dfmeta.data.registry import DATASETS, default_data_root, load_split
 from dfmeta.errors import DfmetaError
-from dfmeta.runs import expect_directory, resolve_device, seed_everything
+from dfmeta.runs import expect_directory, resolve_device, seed_everything, set_threads
 from dfmeta.zoo.build import ZooRecipe, build_zoo, parse_shard, rebuild_manifest
 from dfmeta.zoo.format import load_zoo
 
@@ -31,7 +31,8 @@ class ZooBuildConfig(DataConfig, ZooRecipe):
     teachers_at_once: int = 0
     """Teachers trained together in one stacked step (0: 64 on CUDA, 1 on a CPU, where batching does not pay)."""
     shard: str = ""
-    """Train only teachers with index % n == i, given as i/n (default: torchrun's RANK/WORLD_SIZE, else all)."""
+    """Train only this shard's blocks of teachers (--teachers-at-once each; block j when j % n == i), given as i/n
+    (default: torchrun's RANK/WORLD_SIZE, else all)."""
 
     def validate(self) -> None:
         DataConfig.validate(self)
@@ -47,6 +48,7 @@ class ZooBuildConfig(DataConfig, ZooRecipe):
 
 def run_build(cfg: ZooBuildConfig) -> None:
     seed_everything(cfg.seed)
+    set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = resolve_device(f"cuda:{os.environ['LOCAL_RANK']}")

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from dfmeta.data.dataset import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 from dfmeta.errors import DfmetaError, reason
 from dfmeta.runs import read_json_object
 from dfmeta.zoo.format import Teacher, check_state, save_teacher, write_manifest
@@ -40,6 +41,13 @@ def convert_conv4_state(state: dict[str, torch.Tensor], where: str) -> dict[str,
     return out
 
 
+def dataset_normalisation(dataset: str) -> dict[str, list[float]]:
+    """The authors' input normalisation for ``dataset`` where their manifest names none: CIFAR-100 statistics at 32 px
+    (CIFAR-FS, FC100), ImageNet statistics otherwise (84 px: miniImageNet, CUB)."""
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if dataset in ("cifar-fs", "fc100") else (IMAGENET_MEAN, IMAGENET_STD)
+    return {"mean": list(mean), "std": list(std)}
+
+
 def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-fs",
                        skip_bad: bool = False) -> tuple[int, list[str]]:
     """Convert an authors'-format zoo at ``src`` into a dfmeta zoo at ``dst``; returns (imported, skipped notes)."""
@@ -58,7 +66,7 @@ def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-f
     files = sorted((src / "model").glob("model_specific_*.pth"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
     if not files:
         raise DfmetaError(f"{src / 'model'}: no model_specific_*.pth files")
-    norm = man.get("normalize", {"mean": [0.5071, 0.4867, 0.4408], "std": [0.2675, 0.2565, 0.2761]})
+    norm = man.get("normalize", dataset_normalisation(dataset))
     entries, skipped = [], []
     for f in files:
         mid = f.stem.rsplit("_", 1)[1]

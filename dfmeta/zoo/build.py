@@ -60,13 +60,14 @@ class ZooRecipe:
     batch_size: int = 128
     """Images per training step."""
     lr: float = 0.01
-    """Learning rate (Adam for conv4, SGD for ResNets under optimizer=auto)."""
+    """Learning rate (of Adam, or of SGD where the optimizer is SGD)."""
     grad_clip: float = 50.0
     """Gradient-norm clip per teacher (0: none)."""
     heldout_fraction: float = 0.2
     """Last fraction of each class's images held out for model selection (CIFAR-FS: last 120 of 600)."""
-    optimizer: Literal["auto", "adam", "sgd"] = "auto"
-    """auto: Adam for conv4, SGD (momentum, weight decay, milestones) for ResNets."""
+    optimizer: Literal["adam", "auto", "sgd"] = "adam"
+    """adam (the paper: Adam, lr 0.01, for every teacher), auto (the authors' code: Adam for conv4, SGD with momentum,
+    weight decay and milestones for ResNets) or sgd."""
     momentum: float = 0.9
     """SGD momentum."""
     weight_decay: float = 5e-4
@@ -90,9 +91,14 @@ class ZooRecipe:
 
     def optimizer_for(self, arch: str) -> str:
         """The optimizer teachers of ``arch`` train with."""
-        if self.optimizer != "auto":
-            return self.optimizer
-        return "adam" if arch == "conv4" else "sgd"
+        return optimizer_for(self.optimizer, arch)
+
+
+def optimizer_for(optimizer: str, arch: str) -> str:
+    """The optimizer teachers of ``arch`` train with under the recipe's ``optimizer`` setting."""
+    if optimizer != "auto":
+        return optimizer
+    return "adam" if arch == "conv4" else "sgd"
 
 
 @dataclass(frozen=True)
@@ -383,10 +389,14 @@ def _check_build_info(zoo_dir: Path, info: dict[str, Any]) -> None:
             if old.get(key, info[key] if key == "channels" else None) != info[key]:
                 raise DfmetaError(f"{path}: the zoo was built with {key}={old.get(key)!r}, now {info[key]!r}; "
                                   "use another directory or the same settings to resume")
+        archs = info["recipe"]["archs"]
         for key, value in info["recipe"].items():
-            if key != "teachers" and old.get("recipe", {}).get(key) != value:
+            before = old.get("recipe", {}).get(key)
+            if key == "optimizer" and before is not None:  # what teachers of this zoo's architectures trained with
+                before, value = ([optimizer_for(o, a) for a in archs] for o in (before, value))
+            if key != "teachers" and before != value:
                 raise DfmetaError(f"{path}: the zoo was built with {key}={old['recipe'].get(key)!r}, now "
-                                  f"{value!r}; use another directory or the same settings to resume")
+                                  f"{info['recipe'][key]!r}; use another directory or the same settings to resume")
     elif (zoo_dir / MANIFEST).is_file():
         raise DfmetaError(f"{zoo_dir}: holds a zoo not made by `dfmeta zoo build` (no {BUILD_INFO}); "
                           "choose an empty directory")
@@ -446,7 +456,12 @@ def build_zoo(zoo_dir: str | os.PathLike, split: FewShotSplit, dataset: str, rec
                                 "channels": split.channels, "recipe": json.loads(json.dumps(asdict(recipe)))})
     device = torch.device(device)
     at_once = teachers_at_once or default_teachers_at_once(device)
-    blocks = [b for j, b in enumerate(plan_blocks(split, recipe, seed, at_once)) if j % shard[1] == shard[0]]
+    every = plan_blocks(split, recipe, seed, at_once)
+    blocks = [b for j, b in enumerate(every) if j % shard[1] == shard[0]]
+    if not blocks:
+        raise DfmetaError(f"shard {shard[0]}/{shard[1]}: no teachers to train: {recipe.teachers} teachers in blocks of "
+                          f"at most {at_once} (--teachers-at-once) make {len(every)} block(s), dealt to shards in turn; "
+                          f"use at most {len(every)} shards or a smaller --teachers-at-once")
     done = {p.index for b in blocks for p in b if finished(zoo_dir, str(p.index))}
     todo = [b for b in blocks if any(p.index not in done for p in b)]
     images = torch.from_numpy(split.images).to(device) if todo else None
