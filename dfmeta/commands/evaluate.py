@@ -11,10 +11,10 @@ import torch
 from dfmeta.baselines import BASELINES, NEEDS_ZOO, BaselineInput, Initialisation
 from dfmeta.cli import Command
 from dfmeta.commands.common import DataConfig, EvalFields
+from dfmeta.config import given, make, to_dict
 from dfmeta.data.dataset import FewShotSplit
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
-from dfmeta.config import given, make, to_dict
 from dfmeta.runs import RunDir, read_json_object, resolve_device, seed_everything, set_threads
 
 CALL_FIELDS = ("device", "threads", "data_root", "resume")

@@ -317,7 +317,8 @@ class MetaTrainer:
         start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
         self.call_start = t_start
         from dfmeta.progress import bar as progress_bar
-        bar = progress_bar(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep", dynamic_ncols=True)
+        bar = progress_bar(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep",
+                           dynamic_ncols=True)
         while self.epoch < cfg.epochs:
             if cfg.stop_after and ran >= cfg.stop_after:
                 break

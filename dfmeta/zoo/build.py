@@ -459,9 +459,9 @@ def build_zoo(zoo_dir: str | os.PathLike, split: FewShotSplit, dataset: str, rec
     every = plan_blocks(split, recipe, seed, at_once)
     blocks = [b for j, b in enumerate(every) if j % shard[1] == shard[0]]
     if not blocks:
-        raise DfmetaError(f"shard {shard[0]}/{shard[1]}: no teachers to train: {recipe.teachers} teachers in blocks of "
-                          f"at most {at_once} (--teachers-at-once) make {len(every)} block(s), dealt to shards in turn; "
-                          f"use at most {len(every)} shards or a smaller --teachers-at-once")
+        raise DfmetaError(f"shard {shard[0]}/{shard[1]}: no teachers to train: {recipe.teachers} teachers in blocks "
+                          f"of at most {at_once} (--teachers-at-once) make {len(every)} block(s), dealt to shards in "
+                          f"turn; use at most {len(every)} shards or a smaller --teachers-at-once")
     done = {p.index for b in blocks for p in b if finished(zoo_dir, str(p.index))}
     todo = [b for b in blocks if any(p.index not in done for p in b)]
     images = torch.from_numpy(split.images).to(device) if todo else None
