@@ -44,8 +44,8 @@ def documented_commands(md: Path) -> list[str]:
 
 
 def test_documented_commands_parse() -> None:
-    """Every runnable `dfmeta` line of the README, the guides and the results' records names a command and flags it takes, with values of
-    the right type (parsing only; nothing runs)."""
+    """Every runnable `dfmeta` line of the README, the guides and the results' records names a command and flags it
+    takes, with values of the right type (parsing only; nothing runs)."""
     import shlex
 
     from dfmeta.cli import build_parser, discover

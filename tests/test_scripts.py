@@ -152,8 +152,8 @@ def test_probe_study_compares_probes_on_the_same_tasks(tmp_path) -> None:
     probes = ["random:42", "random:0", f"conv4={tmp_path / 'probe.safetensors'}", "random:42"]
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "probe_study.py"), "--zoo", str(zoo), "--steps", "2",
                         "--nf", "4", "--per-class", "2", "--groups", "2", "--threads", "1",
-                        "--out", str(tmp_path / "s.json"), "--fisher-labels", "task", "probe", "--fisher-cosine", "whole",
-                        "layers", "--probes", *probes],
+                        "--out", str(tmp_path / "s.json"), "--fisher-labels", "task", "probe", "--fisher-cosine",
+                        "whole", "layers", "--probes", *probes],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
