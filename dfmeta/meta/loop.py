@@ -72,7 +72,7 @@ class MetaLoopConfig(DataConfig, EvalFields):
     val_every: int = 20
     """Validate on meta-val and checkpoint every this many epochs."""
     val_episodes: int = 600
-    """Episodes per validation (0: as many as --episodes)."""
+    """Episodes per validation (of each dataset of a multi-domain one; 0: as many as --episodes)."""
     stop_after: int = 0
     """Stop (with a checkpoint) after this many epochs in this call; `--resume` continues (0: run to the end)."""
     time_limit: float = 0
