@@ -49,6 +49,18 @@ def test_a_killed_evaluation_resumes_after_its_last_scored_k(tmp_path, monkeypat
     assert "finished already" in capsys.readouterr().err
     assert main(["evaluate", "--resume", str(d), "--episodes", "9"]) == 2
     assert "--episodes given with --resume" in capsys.readouterr().err
+    # a zoo moved since: named anew, checked by its teachers' checksums
+    assert json.loads((d / "zoo.json").read_text())["path"] == str(zoo)
+    (d / "results.json").unlink()
+    moved = tmp_path / "zoo-moved"
+    zoo.rename(moved)
+    assert main(["evaluate", "--resume", str(d)]) == 2
+    assert "the run's zoo is not there any more" in capsys.readouterr().err
+    other = make_zoo(tmp_path / "other", n=2)
+    assert main(["evaluate", "--resume", str(d), "--zoo", str(other)]) == 2
+    assert "not the zoo" in capsys.readouterr().err
+    assert main(["evaluate", "--resume", str(d), "--zoo", str(moved)]) == 0
+    assert json.loads((d / "results.json").read_text()) == full
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "config.json").write_text(json.dumps({"val_every": 20, "split": "test"}))
     assert main(["evaluate", "--resume", str(tmp_path / "t")]) == 2

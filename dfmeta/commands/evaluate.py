@@ -16,9 +16,11 @@ from dfmeta.data.dataset import FewShotSplit
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.runs import RunDir, read_json_object, resolve_device, seed_everything, set_threads
+from dfmeta.zoo.format import check_zoo_of_resume, record_zoo
 
-CALL_FIELDS = ("device", "threads", "data_root", "resume")
-"""What a ``--resume`` call of an evaluation may give anew (where and how it runs); the rest is the run's."""
+CALL_FIELDS = ("device", "threads", "data_root", "zoo", "resume")
+"""What a ``--resume`` call of an evaluation may give anew (where and how it runs, where its zoo lies now: checked by
+the teachers' checksums); the rest is the run's."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,9 @@ def resumed_evaluation(cfg: EvaluateConfig) -> EvaluateConfig:
     fixed = [k for k in from_call if k not in CALL_FIELDS and to_dict(cfg)[k] != stored.get(k)]
     if fixed:
         raise DfmetaError(f"{path}: {', '.join('--' + k.replace('_', '-') for k in fixed)} given with --resume, but "
-                          f"the run's config.json fixes it; a resume call takes only --device, --threads, --data-root")
+                          f"the run's config.json fixes it; a resume call takes only --device, --threads, --data-root, "
+                          f"--zoo")
+    check_zoo_of_resume(path, stored.get("zoo", ""), cfg.zoo if "zoo" in from_call else "")
     return make(EvaluateConfig, {**stored, **{k: getattr(cfg, k) for k in CALL_FIELDS if k in from_call},
                                  "resume": ""})
 
@@ -121,6 +125,8 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     try:
         with run.locked():
             run.record_environment(device)
+            if cfg.zoo:
+                record_zoo(run.path, cfg.zoo)
             results = evaluate_init(init, cfg, splits, device, run, cfg.method, scored(run, cfg.method))
             run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
     except DfmetaError:

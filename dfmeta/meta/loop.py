@@ -42,9 +42,9 @@ from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
 from dfmeta.evaluate import EvalResult
 from dfmeta.nets import build, params_of
-from dfmeta.runs import (ZOO_RECORD, RunDir, atomic_torch_save, atomic_write, is_torch_file, read_json_object,
-                         resolve_device, seed_everything, set_threads)
-from dfmeta.zoo.format import fingerprint
+from dfmeta.runs import (RunDir, atomic_torch_save, atomic_write, is_torch_file, read_json_object, resolve_device,
+                         seed_everything, set_threads)
+from dfmeta.zoo.format import check_zoo_of_resume, record_zoo
 
 CALL_SETTINGS = ("stop_after", "time_limit", "defer_test", "device", "threads")
 """Settings a ``--resume`` call gives anew (the rest comes from the run's ``config.json``). ``threads`` left at 0
@@ -52,7 +52,7 @@ keeps the run's own count: CPU numbers depend on it, so a resumed run continues 
 CALL_PATHS = ("data_root", "zoo")
 """Where a resumed call finds what the run reads, taken from the call only where it gives them (a run continued on
 another machine, e.g. meta-tested where the test split is). A zoo given anew must hold the run's teachers, checked
-by their checksums against the run's ``zoo.json`` (:func:`check_same_zoo`)."""
+by their checksums against the run's ``zoo.json`` (:func:`dfmeta.zoo.format.check_zoo_of_resume`)."""
 
 
 @dataclass(frozen=True)
@@ -193,8 +193,7 @@ class MetaTrainer:
         """Load the zoo (or its seeded ``zoo_size`` subset), check it, then the method's checks."""
         from dfmeta.zoo import load_zoo
         self.zoo = load_zoo(cfg.zoo)
-        if not (self.run.path / ZOO_RECORD).is_file():  # what a resume that names the zoo anew is checked against
-            self.run.write_json(ZOO_RECORD, {"path": cfg.zoo, "teachers": fingerprint(cfg.zoo)})
+        record_zoo(self.run.path, cfg.zoo)  # what a resume that names the zoo anew is checked against
         if cfg.zoo_size:
             if cfg.zoo_size > len(self.zoo):
                 raise DfmetaError(f"field 'zoo_size': {cfg.zoo_size} teachers asked, the zoo has {len(self.zoo)}")
@@ -418,30 +417,10 @@ def resumed_config(cfg: MetaLoopConfig, method: str) -> MetaLoopConfig:
                           f"{(it := 'it' if len(fixed) == 1 else 'them')} (start a new run to change {it}); a resume call "
                           f"takes only {flags((*CALL_SETTINGS, *CALL_PATHS))}")
     given_now = [k for k in (*CALL_PATHS, *open_now) if k in from_call]
-    if "zoo" in given_now and now["zoo"] != stored.get("zoo"):
-        check_same_zoo(path, stored.get("zoo", ""), now["zoo"])
-    elif stored.get("zoo") and not Path(stored["zoo"]).is_dir():
-        raise DfmetaError(f"{stored['zoo']}: the run's zoo is not there any more; if it was moved, name it with --zoo "
-                          f"(its teachers are checked against the run's)")
+    check_zoo_of_resume(path, stored.get("zoo", ""), now["zoo"] if "zoo" in given_now else "")
     settings = {k: getattr(cfg, k) for k in (*CALL_SETTINGS, *given_now)}
     settings["threads"] = cfg.threads or stored.get("threads", 0)
     return make(type(cfg), {**stored, "resume": "", **settings})
-
-
-def check_same_zoo(run: Path, stored: str, given_zoo: str) -> None:
-    """Refuse a ``--zoo`` given with ``--resume`` unless it holds the run's teachers (ids and checksums, in order):
-    those of the run's ``zoo.json``, else of the zoo at the run's stored path."""
-    record = run / ZOO_RECORD
-    if record.is_file():
-        teachers = read_json_object(record).get("teachers")
-    elif Path(stored).is_dir():
-        teachers = fingerprint(stored)
-    else:
-        raise DfmetaError(f"--zoo {given_zoo}: {run} has no {ZOO_RECORD} and its zoo {stored} is gone, so whether this "
-                          f"zoo holds the run's teachers cannot be checked; put the zoo back at {stored}")
-    if fingerprint(given_zoo) != teachers:
-        raise DfmetaError(f"--zoo {given_zoo}: not the zoo {run} was started with ({stored}): its teachers' ids or "
-                          f"checksums differ (start a new run to use another zoo)")
 
 
 def keep_small_groups_rule(run: RunDir, cfg: MetaLoopConfig) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from dfmeta.errors import DfmetaError
 from dfmeta.nets import ARCHITECTURES, build
-from dfmeta.runs import atomic_write, read_json_object
+from dfmeta.runs import ZOO_RECORD, atomic_write, read_json_object
 
 ZOO_FORMAT = "dfmeta-zoo"
 ZOO_VERSION = 1
@@ -153,6 +153,35 @@ def read_manifest(zoo_dir: str | os.PathLike) -> dict[str, Any]:
 def fingerprint(zoo_dir: str | os.PathLike) -> list[list[str]]:
     """``[id, sha256]`` of each teacher in the zoo's manifest, in its order: what identifies a zoo wherever it lies."""
     return [[str(m.get("id")), str(m.get("sha256"))] for m in read_manifest(zoo_dir)["models"]]
+
+
+def record_zoo(run_dir: str | os.PathLike, zoo_dir: str | os.PathLike) -> None:
+    """Write the run's ``zoo.json`` (the zoo's path and :func:`fingerprint`) unless it has one."""
+    path = Path(run_dir) / ZOO_RECORD
+    if not path.is_file():
+        atomic_write(path, json.dumps({"path": str(zoo_dir), "teachers": fingerprint(zoo_dir)}, indent=1) + "\n")
+
+
+def check_zoo_of_resume(run_dir: str | os.PathLike, stored: str, given: str) -> None:
+    """Before a run is continued: a zoo ``given`` anew (where the run's zoo lies now) must hold the run's teachers
+    (ids and checksums, in order; those of the run's ``zoo.json``, else of the zoo at its ``stored`` path); none
+    given, the ``stored`` zoo must still be there."""
+    run, record = Path(run_dir), Path(run_dir) / ZOO_RECORD
+    if not given or given == stored:
+        if stored and not Path(stored).is_dir():
+            raise DfmetaError(f"{stored}: the run's zoo is not there any more; if it was moved, name it with --zoo "
+                              f"(its teachers are checked against the run's)")
+        return
+    if record.is_file():
+        teachers = read_json_object(record).get("teachers")
+    elif Path(stored).is_dir():
+        teachers = fingerprint(stored)
+    else:
+        raise DfmetaError(f"--zoo {given}: {run} has no {ZOO_RECORD} and its zoo {stored} is gone, so whether this "
+                          f"zoo holds the run's teachers cannot be checked; put the zoo back at {stored}")
+    if fingerprint(given) != teachers:
+        raise DfmetaError(f"--zoo {given}: not the zoo {run} was started with ({stored}): its teachers' ids or "
+                          f"checksums differ (start a new run to use another zoo)")
 
 
 def load_teacher(zoo_dir: Path, entry: dict[str, Any]) -> Teacher:
