@@ -195,8 +195,9 @@ def test_scenarios(tmp_path) -> None:
     zoo = tmp_path / "zoo"
     write_manifest(zoo, [{"arch": "conv4"}, {"arch": "resnet10"}, {"arch": "resnet18"}])
     train_run(tmp_path / "runs", "arch", {1: (44.0, 0.6)}, zoo=str(zoo))
+    # real runs name a domain by its test split
     train_run(tmp_path / "runs", "md", {1: (30.0, 0.5)}, dataset="cifar-fs+omniglot",
-              domains={1: {"cifar-fs": (28.0, 0.7), "omniglot": (32.0, 0.7)}})
+              domains={1: {"cifar-fs/test": (28.0, 0.7), "omniglot/test": (32.0, 0.7)}})
     train_run(tmp_path / "runs", "lost", {1: (40.0, 0.6)}, zoo="/nowhere/zoo")
     # a run that names its teachers' architectures in results.json needs no copy of its zoo (a run fetched back
     # from another machine); those names win over a manifest found at the zoo path
@@ -210,11 +211,18 @@ def test_scenarios(tmp_path) -> None:
             "CIFAR-FS+Omniglot 1-shot: Omniglot |") in md
     assert re.search(r"\| TGR \| ours \| 30\.00 ± 0\.50 \[1\] \| 28\.00 ± 0\.70 \[2\] \| 32\.00 ± 0\.70 \[2\] \|", md)
     assert "[2] `md`: epochs 100/100, selected epoch 80, 300 episodes" in md
-    assert "| TGR | *paper* (Wei et al., ICML 2024; CIFAR-FS+miniImageNet+CUB) | 32.04 | — | — |" in md
+    # the paper's multi-domain benchmark (CIFAR-FS+miniImageNet+CUB) is not this one: quoted, not put beside it
+    assert "*paper*" not in md and "32.04 (1-shot)" in md and "which no run here used" in md
     ma = table(text, "Multi-architecture scenario")
-    assert "conv4, resnet10, resnet18" in ma
-    assert "44.18" in ma
-    assert re.search(r"\| TGR \| ours \| 44\.00 ± 0\.60 \[\d\] \| 56\.00 ± 0\.60 \[\d\] \|", ma)
+    # two mixes: each row names its own; the paper's row sits beside the run of its mix on CIFAR-FS
+    assert "each row names its zoo's mix" in ma
+    assert re.search(r"\| TGR \[conv4\+resnet10\+resnet18\] \| ours \| 44\.00 ± 0\.60 \[\d\] \| — \|", ma)
+    assert re.search(r"\| TGR \[conv4\+resnet18\] \| ours \| — \| 56\.00 ± 0\.60 \[\d\] \|", ma)
+    assert "| TGR | *paper* (Wei et al., ICML 2024; Conv4/ResNet-10/ResNet-18, CIFAR-FS) | 44.18 | 57.15 |" in ma
+    # a mix other than the paper's alone: one plain row per method, the paper's numbers quoted in the caption only
+    alone = table(build_report([str(tmp_path / "runs" / "fetched")]), "Multi-architecture scenario")
+    assert "A zoo mixing conv4, resnet18." in alone and "*paper*" not in alone and "44.18 (1-shot)" in alone
+    assert re.search(r"\| TGR \| ours \| 56\.00 ± 0\.60 \[\d\] \|", alone)
     main = table(text, "Main results")
     assert re.search(r"\| TGR \| ours \| 40\.00 ± 0\.60 \[\d\] \| 38\.00 ± 0\.60 \[\d\] \|", main)
     unknown = table(text, "Zoo architectures unknown")

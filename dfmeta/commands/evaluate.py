@@ -1,8 +1,9 @@
-"""``dfmeta evaluate``: score a baseline or a trained meta-model on seeded few-shot episodes."""
+"""``dfmeta evaluate``: score a baseline, or the selected meta-model of a meta-training run (``--meta-model``), on
+seeded few-shot episodes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,12 +16,13 @@ from dfmeta.config import given, make, to_dict
 from dfmeta.data.dataset import FewShotSplit
 from dfmeta.data.domains import dataset_names, load_domains
 from dfmeta.errors import DfmetaError
+from dfmeta.meta.selected import SelectedModel, check_source, load_selected, record_source
 from dfmeta.runs import RunDir, read_json_object, resolve_device, seed_everything, set_threads
 from dfmeta.zoo.format import check_zoo_of_resume, record_zoo
 
-CALL_FIELDS = ("device", "threads", "data_root", "zoo", "resume")
-"""What a ``--resume`` call of an evaluation may give anew (where and how it runs, where its zoo lies now: checked by
-the teachers' checksums); the rest is the run's."""
+CALL_FIELDS = ("device", "threads", "data_root", "zoo", "resume", "meta_model")
+"""What a ``--resume`` call of an evaluation may give anew (where and how it runs, where its zoo or meta-model run
+lies now: checked by checksums); the rest is the run's."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,18 @@ class EvaluateConfig(DataConfig, EvalFields):
     """Split to evaluate: val (model selection) or test (the final number, once)."""
     resume: str = ""
     """Continue this evaluation run directory (a killed call): its config is used, the K values it scored are kept."""
+    meta_model: str = ""
+    """A meta-training run directory: evaluate its selected meta-model (best.pt, chosen on meta-val) instead of a
+    baseline, e.g. at another K or on another dataset. Method, arch, ways and image size are the run's; --dataset
+    defaults to the run's."""
 
     def validate(self) -> None:
         DataConfig.validate(self)
         EvalFields.validate(self)
+        if self.meta_model:
+            if self.zoo:
+                raise DfmetaError("--zoo with --meta-model: the meta-model needs no zoo")
+            return
         if self.method not in BASELINES:
             raise DfmetaError(f"field 'method': unknown method {self.method!r}; expected one of: "
                               f"{', '.join(sorted(BASELINES))}")
@@ -71,6 +81,28 @@ def evaluate_init(init: Initialisation, cfg: EvalFields, splits: list[FewShotSpl
     return out
 
 
+def set_fields(cfg: EvaluateConfig) -> set[str]:
+    """The fields the call set: its command line's, else (a config built in code) those away from the defaults."""
+    from_call = given(cfg)
+    if from_call is not None:
+        return set(from_call)
+    default = to_dict(EvaluateConfig())
+    return {k for k, v in to_dict(cfg).items() if v != default[k]}
+
+
+def for_meta_model(cfg: EvaluateConfig, sel: SelectedModel) -> EvaluateConfig:
+    """The config evaluating ``sel``: the run's method, arch, ways and image size (a flag saying otherwise is
+    refused), and its dataset unless --dataset names another."""
+    from_call = set_fields(cfg)
+    theirs = {"method": sel.method, "arch": sel.arch, "ways": sel.n_way, "image_size": sel.image_size}
+    for k, v in theirs.items():
+        mine = getattr(cfg, k)
+        if k in from_call and mine != v and not (k == "image_size" and mine == 0):
+            raise DfmetaError(f"--{k.replace('_', '-')} {mine} with --meta-model: the meta-model of {sel.run} is "
+                              f"{k.replace('_', ' ')} {v}; leave the flag out")
+    return replace(cfg, **theirs, dataset=cfg.dataset if "dataset" in from_call else sel.dataset)
+
+
 def resumed_evaluation(cfg: EvaluateConfig) -> EvaluateConfig:
     """The config a ``--resume`` call continues with: the run's, with the call's :data:`CALL_FIELDS`; refuses a run
     that is no evaluation and a setting the run fixes."""
@@ -80,12 +112,12 @@ def resumed_evaluation(cfg: EvaluateConfig) -> EvaluateConfig:
     stored = read_json_object(path / "config.json")
     if "split" not in stored or "val_every" in stored:
         raise DfmetaError(f"{path}: not a `dfmeta evaluate` run (resume a meta-training run with its own command)")
-    from_call = given(cfg) or {k: "flag" for k, v in to_dict(cfg).items() if v != to_dict(EvaluateConfig())[k]}
+    from_call = set_fields(cfg)
     fixed = [k for k in from_call if k not in CALL_FIELDS and to_dict(cfg)[k] != stored.get(k)]
     if fixed:
         raise DfmetaError(f"{path}: {', '.join('--' + k.replace('_', '-') for k in fixed)} given with --resume, but "
                           f"the run's config.json fixes it; a resume call takes only --device, --threads, --data-root, "
-                          f"--zoo")
+                          f"--zoo, --meta-model")
     check_zoo_of_resume(path, stored.get("zoo", ""), cfg.zoo if "zoo" in from_call else "")
     return make(EvaluateConfig, {**stored, **{k: getattr(cfg, k) for k in CALL_FIELDS if k in from_call},
                                  "resume": ""})
@@ -105,6 +137,11 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
         cfg = resumed_evaluation(cfg)
         if (Path(resume) / "results.json").is_file():
             raise DfmetaError(f"{resume}: finished already (its results.json holds every K)")
+    sel = load_selected(cfg.meta_model) if cfg.meta_model else None
+    if sel is not None:
+        cfg = for_meta_model(cfg, sel)
+        if resume:
+            check_source(Path(resume), sel)
     seed_everything(cfg.seed)
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -114,21 +151,28 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
         zoo = load_zoo(cfg.zoo)
         if warning := zoo.dataset_warning(dataset_names(cfg.dataset)):
             print(warning, flush=True)
-    channels = zoo[0].in_channels if zoo is not None and len(zoo) else None
+    channels = sel.channels if sel else zoo[0].in_channels if zoo is not None and len(zoo) else None
     splits = load_domains(cfg.dataset, cfg.split, cfg.data_root, cfg.image_size or None, channels)
     cfg.check_episodes(splits)
-    inp = BaselineInput(cfg.arch, cfg.ways, splits[0].image_size, splits[0].channels, cfg.seed, zoo, device)
-    if zoo is not None:
-        print(f"{cfg.method}: building the initialisation from the zoo's {len(zoo)} teachers", flush=True)
-    init = BASELINES[cfg.method](inp)
+    if sel is not None:
+        init = sel.initialisation(device)
+        print(f"{sel.method}: the meta-model of {sel.run} selected on meta-val", flush=True)
+    else:
+        inp = BaselineInput(cfg.arch, cfg.ways, splits[0].image_size, splits[0].channels, cfg.seed, zoo, device)
+        if zoo is not None:
+            print(f"{cfg.method}: building the initialisation from the zoo's {len(zoo)} teachers", flush=True)
+        init = BASELINES[cfg.method](inp)
     run = RunDir(resume) if resume else RunDir.new(cfg.out_dir, cfg.dataset, cfg.method, cfg.seed, cfg)
     try:
         with run.locked():
             run.record_environment(device)
             if cfg.zoo:
                 record_zoo(run.path, cfg.zoo)
+            if sel is not None and not resume:
+                record_source(run.path, sel)
             results = evaluate_init(init, cfg, splits, device, run, cfg.method, scored(run, cfg.method))
-            run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results})
+            run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results,
+                                            **({"meta_model": str(sel.run)} if sel else {})})
     except DfmetaError:
         if not resume:
             run.discard_if_unused()  # failed before its first result: leave no run directory behind

@@ -175,7 +175,8 @@ class Run:
         """Switches set away from the paper's default (for DRO's beta, "> 0": any weight but 0)."""
         defaults = self.switch_defaults()
         return {k for k, v in self.ablation().items()
-                if (not (isinstance(v, (int, float)) and v > 0) if defaults[k] == "> 0" else v != defaults[k])}
+                if (not (isinstance(v, (int, float)) and v > 0) if defaults[k] == "> 0" else v != defaults[k])} | (
+            {"meta_model"} if self.config.get("meta_model") else set())  # a trained meta-model scored again
 
     def changed_settings(self) -> dict[str, Any]:
         """Settings a meta-training run set away from its method's defaults (the paper's sizes: recovery, replay,

@@ -32,8 +32,10 @@ TABLE1: dict[str, dict[tuple[str, int], float]] = {
 
 # The scenarios: TGR only, K -> accuracy over all test episodes.
 MULTI_DOMAIN_DOMAINS = "CIFAR-FS+miniImageNet+CUB"
+MULTI_DOMAIN_DATASETS = frozenset({"cifar-fs", "miniimagenet", "cub"})
 MULTI_DOMAIN: dict[str, dict[int, float]] = {"TGR": {1: 32.04, 5: 44.88}}
 MULTI_ARCH_ARCHS = "Conv4/ResNet-10/ResNet-18, CIFAR-FS"
+MULTI_ARCH_MIX = ("cifar-fs", frozenset({"conv4", "resnet10", "resnet18"}))
 MULTI_ARCH: dict[str, dict[int, float]] = {"TGR": {1: 44.18, 5: 57.15}}
 
 # Table 4 (CIFAR-FS): the vanilla row; the full TGR row is Table 1's.
