@@ -426,6 +426,27 @@ def cached_dissimilarity(run_dir: str | Path, ids: list[str]) -> tuple[np.ndarra
     return W[np.ix_(idx, idx)], int(seed)
 
 
+def pick_from_groups(labels: np.ndarray, m: int, rng: np.random.Generator) -> list[int]:
+    """One group drawn uniformly, then ``m`` of its teachers (their indices, sorted): TGR's draw of an epoch's tasks."""
+    group = rng.choice(np.unique(labels))
+    members = np.flatnonzero(labels == group)
+    return sorted(rng.choice(members, m, replace=False).tolist())
+
+
+def labels_of_group_run(run_dir: str | Path, ids: list[str]) -> np.ndarray:
+    """The labels a `dfmeta group` run gave the teachers ``ids`` (by id, in that order)."""
+    path = Path(run_dir) / "groups.json"
+    if not path.is_file():
+        raise DfmetaError(f"{path}: not found (a `dfmeta group` run directory expected)")
+    g = json.loads(path.read_text())
+    labels = dict(zip(map(str, g.get("teacher_ids") or []), g.get("labels") or []))
+    missing = [t for t in ids if t not in labels]
+    if missing:
+        raise DfmetaError(f"{path}: no group for teacher {missing[0]} ({len(missing)} of {len(ids)} missing; the "
+                          "group run used another zoo)")
+    return np.asarray([labels[t] for t in ids], np.int64)
+
+
 def regroup(run_dir: str | Path, ids: list[str], groups: int, mode: str) -> np.ndarray:
     """Labels for the teachers ``ids`` from a `dfmeta group` run's cached W (:func:`cached_dissimilarity`), clustered
     again into ``groups`` by ``mode`` with the run's seed.

@@ -83,3 +83,24 @@ def test_group_command_writes_fig4_data(zoo, tmp_path, capsys) -> None:
     a = json.loads((run / "analysis.json").read_text())
     assert a["analysis"] == "dissimilarity" and len(a["W"]) == 4 and a["overlap"][0][0] == 5
     assert (run / "W.png").exists() and "W against class overlap" in capsys.readouterr().out
+
+
+def test_teachers_drawn_from_one_group(zoo, tmp_path) -> None:
+    groups = tmp_path / "groups"
+    groups.mkdir()
+    ids = [t.id for t in load_zoo(zoo).teachers]
+    # teachers 0 and 2 form the only group of m = 2 or more; teacher 3's group is too small, teacher 1's as well
+    (groups / "groups.json").write_text(json.dumps({"teacher_ids": ids, "labels": [0, 1, 0, 2]}))
+    out = run_igr_vs_erm(_cfg(zoo, tmp_path / "a", teachers_per_epoch=2, groups_from=str(groups)))
+    assert out["groups_from"] == str(groups)
+    (run,) = (tmp_path / "a").iterdir()
+    drawn = [json.loads(line)["teachers"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert drawn == [[ids[0], ids[2]]] * 3
+    (groups / "groups.json").write_text(json.dumps({"teacher_ids": ids, "labels": [0, 1, 2, 3]}))
+    with pytest.raises(DfmetaError, match="no group has m = 2 teachers"):
+        run_igr_vs_erm(_cfg(zoo, tmp_path / "b", teachers_per_epoch=2, groups_from=str(groups)))
+    (groups / "groups.json").write_text(json.dumps({"teacher_ids": ids[:3], "labels": [0, 0, 1]}))
+    with pytest.raises(DfmetaError, match="no group for teacher"):
+        run_igr_vs_erm(_cfg(zoo, tmp_path / "c", teachers_per_epoch=2, groups_from=str(groups)))
+    with pytest.raises(DfmetaError, match="no groups.json there"):
+        _cfg(zoo, tmp_path, groups_from=str(tmp_path / "nowhere"))

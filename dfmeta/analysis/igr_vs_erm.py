@@ -1,7 +1,8 @@
 """Fig. 5: the gradient regulariser and the gradient cosine over training, IGR against ERM on the same tasks.
 
 Two copies of the meta-model start from the same initialisation. Every epoch m teachers are drawn (seeded, from the
-whole zoo) and their tasks recovered once; each copy then takes its own step on those same tasks: IGR (the paper's
+whole zoo, or with ``--groups-from`` from one group of a `dfmeta group` run, as TGR draws them) and their tasks
+recovered once; each copy then takes its own step on those same tasks: IGR (the paper's
 first-order form, beta) or ERM (the plain averaged gradient). Both log, at their own parameters before the step,
 the regulariser (1/2m) sum_i ||grad L_i - grad Lbar||^2, the mean pairwise cosine of the task gradients and the
 mean task loss. No replay and no grouping, so the update rule is the only difference. A checkpoint after every
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -58,6 +59,9 @@ class IGRvsERMConfig(RecoveryConfig):
     """Continue this run directory (after a kill) instead of starting a new one."""
     kd_form: Literal["kl", "authors"] = "kl"
     """KD term of Eq. 8: a true KL divergence, or the authors' form."""
+    groups_from: str = ""
+    """A `dfmeta group` run directory: draw each epoch's m teachers from one of its groups (groups of fewer than m
+    teachers left out), as TGR does, instead of from the whole zoo."""
 
     def validate(self) -> None:
         RecoveryConfig.validate(self)
@@ -68,6 +72,9 @@ class IGRvsERMConfig(RecoveryConfig):
         require(learning_rates(self, "meta_lr"))
         resolve_device(self.device)
         expect_directory(self.run_dir or self.out_dir, "--run-dir" if self.run_dir else "--out-dir")
+        if self.groups_from and not (Path(self.groups_from) / "groups.json").is_file():
+            raise DfmetaError(f"--groups-from {self.groups_from}: no groups.json there (a `dfmeta group` run "
+                              "directory expected)")
         if self.run_dir and not Path(self.run_dir).is_dir():
             raise DfmetaError(f"--run-dir {self.run_dir}: not found (it continues a run `dfmeta analyse igr` wrote; "
                               "leave it out for a new run under --out-dir)")
@@ -91,12 +98,31 @@ def run_igr_vs_erm(cfg: IGRvsERMConfig) -> dict[str, Any]:
     if cfg.teachers_per_epoch > len(zoo):
         raise DfmetaError(f"field 'teachers_per_epoch': m = {cfg.teachers_per_epoch} is larger than the zoo "
                           f"({len(zoo)} models)")
+    draw = drawing(cfg, zoo)
     run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "igr-vs-erm", cfg.seed, cfg)
     with run.locked():
-        return compare(run, cfg, zoo, device)
+        return compare(run, cfg, zoo, device, draw)
 
 
-def compare(run: RunDir, cfg: IGRvsERMConfig, zoo: Zoo, device: torch.device) -> dict[str, Any]:
+def drawing(cfg: IGRvsERMConfig, zoo: Zoo) -> Callable[[np.random.Generator], list[int]]:
+    """How an epoch's m teachers are drawn: from the whole zoo, or from one group of ``cfg.groups_from``."""
+    m = cfg.teachers_per_epoch
+    if not cfg.groups_from:
+        return lambda rng: sorted(rng.choice(len(zoo), m, replace=False).tolist())
+    from dfmeta.grouping import labels_of_group_run, pick_from_groups
+    labels = labels_of_group_run(cfg.groups_from, [t.id for t in zoo.teachers])
+    sizes = np.bincount(labels)
+    usable = np.flatnonzero(np.isin(labels, np.flatnonzero(sizes >= m)))
+    if not len(usable):
+        raise DfmetaError(f"--groups-from {cfg.groups_from}: no group has m = {m} teachers (sizes "
+                          f"{sizes.tolist()}); pass a smaller --teachers-per-epoch")
+    print(f"teachers drawn from one group of {cfg.groups_from} per epoch (sizes {sizes.tolist()}; groups of fewer "
+          f"than {m} left out)", flush=True)
+    return lambda rng: sorted(usable[pick_from_groups(labels[usable], m, rng)].tolist())
+
+
+def compare(run: RunDir, cfg: IGRvsERMConfig, zoo: Zoo, device: torch.device,
+            draw: Callable[[np.random.Generator], list[int]]) -> dict[str, Any]:
     """The comparison in ``run`` (continued from its checkpoint, if any)."""
     t0 = zoo[0]
     run.record_environment(device)
@@ -122,7 +148,7 @@ def compare(run: RunDir, cfg: IGRvsERMConfig, zoo: Zoo, device: torch.device) ->
     for e in bar(iterable=range(epoch + 1, cfg.epochs + 1), initial=epoch, total=cfg.epochs, desc="IGR vs ERM",
                  unit="ep"):
         rng = np.random.default_rng(epoch_seed(cfg.seed, e, 1))
-        chosen = sorted(rng.choice(len(zoo), cfg.teachers_per_epoch, replace=False).tolist())
+        chosen = draw(rng)
         tasks = recover_tasks(zoo.teachers, chosen, cfg, device, epoch_seed(cfg.seed, e, 0))
         xs = torch.stack([normalise(t.images, zoo[t.teacher].mean, zoo[t.teacher].std) for t in tasks])
         logits = torch.stack([t.logits for t in tasks])
@@ -143,6 +169,7 @@ def compare(run: RunDir, cfg: IGRvsERMConfig, zoo: Zoo, device: torch.device) ->
                            "params": {v: {k: p.detach().cpu() for k, p in params[v].items()} for v in VARIANTS},
                            "opt": {v: opts[v].state_dict() for v in VARIANTS}}, ckpt)
     out = {"analysis": "igr-vs-erm", "beta": cfg.beta, "teachers_per_epoch": cfg.teachers_per_epoch,
+           "groups_from": cfg.groups_from,
            "epochs": list(range(1, cfg.epochs + 1)), "runs": logs}
     run.write_json("analysis.json", out)
     half = max(1, cfg.epochs // 2)

@@ -353,11 +353,10 @@ class Trainer(MetaTrainer):
 
     def pick_teachers(self, epoch: int) -> list[int]:
         """Pick a group, then m teachers from it (seeded by the epoch)."""
-        rng = np.random.default_rng(epoch_seed(self.cfg.seed, epoch, 1))
+        from dfmeta.grouping import pick_from_groups
         assert self.groups is not None
-        group = rng.choice(np.unique(self.groups))
-        members = np.flatnonzero(self.groups == group)
-        return sorted(rng.choice(members, self.cfg.teachers_per_epoch, replace=False).tolist())
+        return pick_from_groups(self.groups, self.cfg.teachers_per_epoch,
+                                np.random.default_rng(epoch_seed(self.cfg.seed, epoch, 1)))
 
     def meta_step(self, tasks: list[RecoveredTask]) -> dict[str, float]:
         """Update the meta-model with the IGR gradient of the m recovered tasks."""

@@ -105,7 +105,8 @@ def fig5_section(run: Run, sink: PlotSink) -> list[str]:
                 for k in ("regulariser", "cosine", "loss")]
         rows.append([variant.upper(), *(f"{v:.4g}" for v in vals)])
     lines = [f"## IGR against ERM (Fig. 5): `{run.shown}`", "",
-             f"Both meta-models see the same recovered tasks (m = {a.get('teachers_per_epoch', '?')}, "
+             f"Both meta-models see the same recovered tasks (m = {a.get('teachers_per_epoch', '?')} teachers "
+             f"drawn from {'one group per epoch' if a.get('groups_from') else 'the whole zoo'}, "
              f"beta = {a.get('beta', '?')}, {len(a['epochs'])} epochs); means over the last {half} epochs.", "",
              *md_table(["update", "regulariser", "cosine", "loss"], rows), ""]
     return lines + sink.add(f"fig5_{_file_name(run)}.png", f"Fig. 5, {run.shown}",
