@@ -29,6 +29,8 @@ class Command:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     positional: str = ""
     """A tuple field also given as positional arguments (``dfmeta report RUN_DIR...``), besides its ``--flag``."""
+    on_interrupt: str = ""
+    """How an interrupted call continues, where the command does not print it itself (``--resume RUN``, ...)."""
 
 
 def discover() -> list[Command]:
@@ -86,18 +88,49 @@ def main(argv: list[str] | None = None) -> int:
         ns._parser.error(unknown_flags(ns._parser, extra))
     cmd: Command = ns._cmd
     try:
-        preset: dict[str, Any] = {}
-        for name in getattr(ns, "preset", None) or []:
-            preset.update(cmd.presets[name])
-        cfg = from_namespace(cmd.config_cls, ns, preset)
+        cfg = from_namespace(cmd.config_cls, ns, combined_presets(cmd, getattr(ns, "preset", None) or []))
         result = cmd.run(cfg)
     except DfmetaError as e:
         print(f"dfmeta {cmd.name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"dfmeta {cmd.name}: interrupted (finished work is kept; run again to resume)", file=sys.stderr)
+        # a command continued by a flag (train --resume RUN, ...) has printed that line
+        print(f"\ndfmeta {cmd.name}: interrupted{'; ' + cmd.on_interrupt if cmd.on_interrupt else ''}",
+              file=sys.stderr)
         return 130
+    except OSError as e:  # a path the user gave that cannot be made, read or written (/proc/x, a full disk, ...)
+        if e.filename is None and e.errno is None:
+            raise
+        print(f"dfmeta {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"dfmeta {cmd.name}: error: out of memory ({str(e).splitlines()[0][:160]}); lower the sizes of this "
+              "call (--meta-batch, --episode-batch, --episodes, --teachers-at-once, --image-size, --rec-per-class) "
+              "or use a machine with more memory", file=sys.stderr)
+        return 2
     return int(result) if isinstance(result, int) else 0
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` says memory ran out (host or GPU)."""
+    if isinstance(e, MemoryError):  # numpy's _ArrayMemoryError is one
+        return True
+    text = str(e)
+    return "out of memory" in text.lower() or "can't allocate memory" in text or "failed to allocate" in text.lower()
+
+
+def combined_presets(cmd: "Command", names: list[str]) -> dict[str, Any]:
+    """The fields of the presets ``names`` together; two that set one field to different values are refused."""
+    out: dict[str, Any] = {}
+    by: dict[str, str] = {}
+    for name in names:
+        for k, v in cmd.presets[name].items():
+            if k in out and out[k] != v:
+                raise DfmetaError(f"--preset {by[k]} {name}: both set {k} ({out[k]!r} against {v!r}); keep one")
+            out[k], by[k] = v, name
+    return out
 
 
 if __name__ == "__main__":

@@ -147,6 +147,8 @@ def make(cls: type, values: dict[str, Any]) -> Any:
             v = tuple(v)
         if get_origin(tp) is Literal and v not in get_args(tp):
             raise DfmetaError(f"field {k!r}: expected one of {list(get_args(tp))}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):  # nan or inf: never a meaningful setting (nor valid JSON)
+            raise DfmetaError(f"field {k!r}: expected a finite number, got {v!r}")
         fixed[k] = v
     obj = cls(**fixed)
     check = getattr(obj, "validate", None)

@@ -54,6 +54,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
 def expect_directory(path: str | os.PathLike, flag: str) -> None:
     """Raise a one-line error when ``path`` (a directory to use or make, given as ``flag``) or a folder above it is a
     file: a mistake that would otherwise surface as FileExistsError or NotADirectoryError after the work."""
+    if not str(path).strip():
+        raise DfmetaError(f"{flag}: expected a directory, got an empty path")
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():

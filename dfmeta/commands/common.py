@@ -71,6 +71,7 @@ class EvalFields:
         require([
             (self.ways >= 2, "ways", f">= 2 (classes per episode), got {self.ways}"),
             (len(self.shots) >= 1 and min(self.shots) >= 1, "shots", f"K values >= 1, got {list(self.shots)}"),
+            (len(set(self.shots)) == len(self.shots), "shots", f"each K once, got {list(self.shots)}"),
             (self.queries >= 1, "queries", f">= 1 (query images per class), got {self.queries}"),
             (self.episodes >= 1, "episodes", f">= 1, got {self.episodes}"),
             (self.eval_steps >= 0, "eval_steps", f">= 0, got {self.eval_steps}"),

@@ -38,7 +38,9 @@ def run_prepare(cfg: PrepareConfig) -> None:
     for name in cfg.splits:
         split = load_split(cfg.dataset, name, cfg.data_root)
         if cfg.max_per_class:
-            split = split.subset(split.class_names, slice(0, cfg.max_per_class))
+            # the name carries the cut into every log and result that names the split
+            split = split.subset(split.class_names, slice(0, cfg.max_per_class),
+                                 f"{split.name} (first {cfg.max_per_class}/class)")
         path = Path(cfg.out) / "prepared" / cfg.dataset / f"{name}.npz"
         save_split_file(split, path, compress=True)
         print(f"{cfg.dataset}/{name}: {split.n_classes} classes, {len(split.images)} images -> {path} "
@@ -46,4 +48,5 @@ def run_prepare(cfg: PrepareConfig) -> None:
 
 
 COMMANDS = [Command("data prepare", "Export decoded splits as single files (for another machine).",
-                    PrepareConfig, run_prepare)]
+                    PrepareConfig, run_prepare, on_interrupt="finished splits are kept; run the same command "
+                                                             "again to continue")]

@@ -149,6 +149,7 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
     if cfg.zoo:
         from dfmeta.zoo import load_zoo
         zoo = load_zoo(cfg.zoo)
+        zoo.check_defaulted_dataset(cfg)
         if warning := zoo.dataset_warning(dataset_names(cfg.dataset)):
             print(warning, flush=True)
     channels = sel.channels if sel else zoo[0].in_channels if zoo is not None and len(zoo) else None
@@ -173,12 +174,12 @@ def run_evaluate(cfg: EvaluateConfig) -> None:
             results = evaluate_init(init, cfg, splits, device, run, cfg.method, scored(run, cfg.method))
             run.write_json("results.json", {"method": cfg.method, "split": cfg.split, "results": results,
                                             **({"meta_model": str(sel.run)} if sel else {})})
-    except DfmetaError:
-        if not resume:
-            run.discard_if_unused()  # failed before its first result: leave no run directory behind
-        raise
     except KeyboardInterrupt:
         print(f"continue with: dfmeta evaluate --resume {run.path}", flush=True)
+        raise
+    except Exception:  # bad input, memory, ...: a run that failed before its first result leaves nothing behind
+        if not resume:
+            run.discard_if_unused()
         raise
     print(f"run directory: {run.path}")
 

@@ -9,6 +9,8 @@ While it recovers, ``grouping-tasks/`` keeps each finished chunk of tasks: a kil
 
 from __future__ import annotations
 
+import json
+
 import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -117,12 +119,29 @@ def run_group(cfg: GroupCommandConfig) -> None:
     run = RunDir(cfg.run_dir) if cfg.run_dir else RunDir.new(cfg.out_dir, zoo.path.name, "group", cfg.seed)
     try:
         with run.locked():
+            if cfg.run_dir:
+                note_changes(run.path, cfg)
             run.write_config(cfg)
             group_into(run, cfg, zoo, device, rcfg, gcfg)
     except DfmetaError:
         if not cfg.run_dir:
             run.discard_if_unused()  # a new run that failed before any work leaves nothing behind
         raise
+    except KeyboardInterrupt:
+        print(f"\ncontinue with the same settings and: --run-dir {run.path} (the recovered chunks are kept)",
+              flush=True)
+        raise
+
+
+def note_changes(path: Path, cfg: GroupCommandConfig) -> None:
+    """Say which settings of a reused run directory change: its groups.json and W are then replaced."""
+    from dfmeta.config import to_dict
+    from dfmeta.runs import read_json_object
+    stored, now = read_json_object(path / "config.json"), json.loads(json.dumps(to_dict(cfg)))
+    changed = [f"{k} {stored.get(k)!r} -> {v!r}" for k, v in now.items() if k != "run_dir" and stored.get(k) != v]
+    if changed and (path / "groups.json").is_file():
+        print(f"{path}: settings changed ({'; '.join(changed)}): its groups.json and W are replaced (runs that "
+              "took them keep their own copy)", flush=True)
 
 
 def group_into(run: RunDir, cfg: GroupCommandConfig, zoo: Zoo, device: torch.device, rcfg: RecoveryConfig,

@@ -150,9 +150,10 @@ def run_merge(cfg: ZooMergeConfig) -> None:
 
 COMMANDS = [
     Command("zoo build", "Train n teachers (N classes each, seeded) on the meta-train split; resumable, shardable.",
-            ZooBuildConfig, run_build),
+            ZooBuildConfig, run_build, on_interrupt="finished teachers are kept; run the same command again to "
+                                                   "continue"),
     Command("zoo import", "Convert the TGR authors' zoo format (model_specific_*.pth) into a dfmeta zoo.",
-            ZooImportConfig, run_import),
+            ZooImportConfig, run_import, on_interrupt="nothing was written; run the same command again"),
     Command("zoo info", "Table of a zoo's teachers and their coverage of the meta-train classes.",
             ZooInfoConfig, run_info),
     Command("zoo merge", "Join zoos into one (teachers of several datasets: the multi-domain scenario).",

@@ -200,6 +200,7 @@ class MetaTrainer:
             keep = np.random.default_rng([cfg.seed, 11]).choice(len(self.zoo), cfg.zoo_size, replace=False)
             self.zoo.teachers = [self.zoo.teachers[i] for i in sorted(keep.tolist())]
         self._check_zoo()
+        self.zoo.check_defaulted_dataset(cfg)
         self.check()
         if warning := self.zoo.dataset_warning(dataset_names(cfg.dataset)):
             print(warning, flush=True)
@@ -332,6 +333,7 @@ class MetaTrainer:
                 return "time limit"
             epoch = self.epoch + 1
             stats = self.train_epoch(epoch)
+            self.check_finite(epoch, stats)
             self.epoch, ran = epoch, ran + 1
             row = {"epoch": epoch, **stats}
             if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
@@ -346,6 +348,18 @@ class MetaTrainer:
             bar.set_postfix(**shown)
         bar.close()
         return ""
+
+    def check_finite(self, epoch: int, stats: dict[str, Any]) -> None:
+        """Stop a diverged run (a NaN or infinite loss or meta-parameter) before it is validated or tested: its
+        numbers would be chance level, not a result. The last checkpoint stays."""
+        bad = [k for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v) and k.endswith("loss")]
+        if not bad:
+            bad = [k for k, v in self.params.items() if not bool(torch.isfinite(v).all())][:1]
+        if bad:
+            rates = ", ".join(f"--{n.replace('_', '-')} {getattr(self.cfg, n):g}"
+                              for n in ("meta_lr", "inner_lr", "beta") if isinstance(getattr(self.cfg, n, None), float))
+            raise DfmetaError(f"meta-training diverged at epoch {epoch}: {bad[0]} is not finite; lower the step sizes "
+                              f"({rates}); {self.run.path} keeps its last checkpoint")
 
     def resume_command(self) -> str:
         """The command line that continues this run."""
@@ -367,7 +381,9 @@ class MetaTrainer:
         cfg = self.cfg
         best = torch.load(self.run.path / "best.pt", map_location=self.device, weights_only=True)
         out: dict[str, Any] = {"method": self.method, "dataset": cfg.dataset, "epochs_run": self.epoch,
-                               "selected_epoch": self.best["epoch"], "val_acc": self.best["acc"], "test": {}}
+                               "selected_epoch": self.best["epoch"], "val_acc": self.best["acc"],
+                               "splits": {"val": [s.name for s in self.val_splits],
+                                          "test": [s.name for s in self.test_splits]}, "test": {}}
         if self.zoo is not None:  # the teachers this run used: its report needs no copy of the zoo
             out["zoo_archs"] = [t.arch for t in self.zoo.teachers]
         for k in cfg.shots:
@@ -451,10 +467,24 @@ def run_training(trainer_cls: type[MetaTrainer], cfg: MetaLoopConfig, name: str 
             if resuming:
                 keep_small_groups_rule(run, cfg)
             return trainer_cls(cfg, run).fit()
-    except DfmetaError:
+    except KeyboardInterrupt:
+        print(f"\n{interrupted_note(run.path)}; continue with: {command_of(trainer_cls.method)} --resume {run.path}",
+              flush=True)
+        raise
+    except Exception:  # bad input, memory, ...: a new run that failed before any work leaves nothing behind
         if not resuming:
             run.discard_if_unused()
         raise
+
+
+def interrupted_note(path: Path) -> str:
+    """What an interrupted meta-training keeps: its last checkpoint's epoch (the epochs after it are trained again)."""
+    ckpt = path / "checkpoint.pt"
+    if not is_torch_file(ckpt):
+        return (f"interrupted before its first checkpoint (one is written at each meta-validation, every --val-every "
+                f"epochs): a resume starts at epoch 0")
+    epoch = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("epoch", "?")  # lazy: quick
+    return f"interrupted; the run keeps its checkpoint of epoch {epoch} (later epochs are trained again)"
 
 
 __all__ = ["MetaLoopConfig", "MetaTrainConfig", "MetaTrainer", "epoch_seed", "run_training"]

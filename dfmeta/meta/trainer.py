@@ -162,7 +162,14 @@ class TrainConfig(FastRecoveryFields, MetaTrainConfig):
             (not self.replay or self.rec_per_class >= self.train_shot + self.replay_queries, "rec_per_class",
              f">= train_shot + replay_queries = {self.train_shot + self.replay_queries} (a replay task takes that many "
              f"images of a recovered class; or lower --replay-queries)"),
+            (not (self.groups_from and self.grouping == "off"), "groups_from",
+             "no --groups-from with --grouping off (the groups would not be used)"),
         ])
+        if not self.replay:  # replay settings would be silently ignored
+            unused = [f.name for f in dataclasses.fields(self) if f.name.startswith(("replay_mix", "replay_cue"))
+                      and getattr(self, f.name) != f.default]
+            if unused:
+                raise DfmetaError(f"field {unused[0]!r}: set, but replay is off (--no-replay); leave it out")
 
 
 class Trainer(MetaTrainer):

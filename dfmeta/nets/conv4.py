@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dfmeta.errors import DfmetaError
 from dfmeta.nets.common import make_bn
 
 
@@ -29,7 +30,7 @@ class Conv4(nn.Module):
         for _ in range(4):
             side //= 2
         if side < 1:
-            raise ValueError(f"Conv4 needs images of at least 16 px, got {image_size}")
+            raise DfmetaError(f"Conv4 needs images of at least 16 px, got {image_size} (set --image-size 16 or more)")
         self.feature_dim = width * side * side
         self.head = nn.Linear(self.feature_dim, num_classes)
 

@@ -54,6 +54,8 @@ class Entry:
         else:
             text += f"{r.method} evaluated on split test"
         text += f", {self.episodes} episodes" if self.episodes else ""
+        cut = [n for names in ((r.results or {}).get("splits") or {}).values() for n in names if "(first" in str(n)]
+        text += f", on cut splits: {', '.join(cut)}" if cut else ""  # `dfmeta data prepare --max-per-class`
         if r.kind == "train" and (changed := r.changed_settings()):
             text += f" (set away from the defaults: {', '.join(f'{k}={short(v)}' for k, v in sorted(changed.items()))})"
         return text

@@ -38,6 +38,13 @@ def dataset_name(d: str) -> str:
     return "+".join(DATASET_NAMES.get(p, p) for p in d.split("+"))
 
 
+def domain_name(split: str) -> str:
+    """A domain of a multi-domain result, named by its test split (``cifar-fs/test``, or ``cifar-fs/test (first 20/
+    class)`` for a cut one): the dataset's name, and the cut if any."""
+    dataset, _, rest = split.partition("/")
+    return dataset_name(dataset) + (f" {rest.split(' ', 1)[1]}" if " " in rest else "")
+
+
 def method_name(m: str) -> str:
     """The paper's spelling of a method."""
     return METHOD_NAMES.get(m, m)
@@ -300,8 +307,7 @@ def multi_domain_table(runs: list[Run]) -> list[str]:
         caption += _paper_elsewhere(paper.MULTI_DOMAIN, paper.MULTI_DOMAIN_DOMAINS)
 
     def header(col: tuple[str, int, str | None]) -> str:
-        # a domain is named by its test split (``cifar-fs/test``): show the dataset
-        return f"{_shot_col(col[:2])}: {'all domains' if col[2] is None else dataset_name(col[2].split('/')[0])}"
+        return f"{_shot_col(col[:2])}: {'all domains' if col[2] is None else domain_name(col[2])}"
 
     return GridTable("Multi-domain scenario (Table 2)", caption, ["method"], lambda m: [m],
                      _in_order(paper.METHOD_ORDER), header,

@@ -6,6 +6,8 @@ Files are read with ``torch.load(weights_only=True)``: pickled code is never exe
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,9 @@ def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-f
                        skip_bad: bool = False) -> tuple[int, list[str]]:
     """Convert an authors'-format zoo at ``src`` into a dfmeta zoo at ``dst``; returns (imported, skipped notes)."""
     src, dst = Path(src), Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise DfmetaError(f"{dst}: exists and is not an empty directory (an import never overwrites); choose a new "
+                          "directory")
     man_path = src / "manifest.json"
     if not man_path.is_file():
         raise DfmetaError(f"{man_path}: not found (expected the authors' zoo manifest with the class names)")
@@ -67,7 +72,17 @@ def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-f
     if not files:
         raise DfmetaError(f"{src / 'model'}: no model_specific_*.pth files")
     norm = man.get("normalize", dataset_normalisation(dataset))
-    entries, skipped = [], []
+    if isinstance(models, dict) and len(models) > len(files):
+        found = {f.stem.rsplit("_", 1)[1] for f in files}
+        absent = sorted((m for m in models if m not in found), key=lambda m: (len(m), m))
+        print(f"warning: {len(absent)} of the {len(models)} models {man_path} lists have no file in {src / 'model'} "
+              f"(first: {absent[0]}); only the {len(files)} present are imported", file=sys.stderr)
+    # written beside the destination and renamed at the end: an interrupted or failed import leaves nothing
+    work = dst.with_name(f".{dst.name}.importing")
+    if work.exists():
+        shutil.rmtree(work)
+    entries: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for f in files:
         mid = f.stem.rsplit("_", 1)[1]
         where = f"model {mid} ({f})"
@@ -87,10 +102,16 @@ def import_authors_zoo(src: str | Path, dst: str | Path, dataset: str = "cifar-f
                         dataset, [classes[i] for i in specific], state, info.get("heldout_acc"),
                         {"source": "authors-format import", "best_epoch": info.get("best_epoch")})
             check_state(t, where)
-            entries.append(save_teacher(dst, t))
+            entries.append(save_teacher(work, t))
         except DfmetaError as e:
             if not skip_bad:
                 raise
             skipped.append(str(e))
-    write_manifest(dst, entries, {"source": str(src), "recipe": man.get("recipe", "")})
+    if not entries:
+        shutil.rmtree(work, ignore_errors=True)
+        raise DfmetaError(f"{src}: no model could be imported ({len(skipped)} skipped)")
+    write_manifest(work, entries, {"source": str(src), "recipe": man.get("recipe", "")})
+    if dst.is_dir():
+        dst.rmdir()  # empty (checked above)
+    work.rename(dst)
     return len(entries), skipped

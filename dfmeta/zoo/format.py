@@ -100,6 +100,18 @@ class Zoo:
         return (f"warning: no teacher of the zoo comes from {', '.join(missing)} (the multi-domain scenario expects "
                 f"teachers of every dataset in {'+'.join(datasets)}; `dfmeta zoo merge` joins zoos)")
 
+    def check_defaulted_dataset(self, cfg: Any) -> None:
+        """Refuse a call that left ``--dataset`` at its default while the teachers come from other datasets: a
+        forgotten flag, which would otherwise start a long run on the wrong data."""
+        from dfmeta.config import given
+        stated = given(cfg)
+        have = {t.dataset for t in self.teachers} - {""}
+        if stated is None or "dataset" in stated or not have or cfg.dataset in have:
+            return
+        raise DfmetaError(f"--dataset not given (default {cfg.dataset}), but the zoo's teachers come from "
+                          f"{', '.join(sorted(have))}: pass --dataset {'+'.join(sorted(have))} (or --dataset "
+                          f"{cfg.dataset} to use them on that data anyway)")
+
     def by_arch(self) -> dict[str, list[int]]:
         """Teacher indices grouped by architecture."""
         out: dict[str, list[int]] = {}
@@ -136,7 +148,7 @@ def read_manifest(zoo_dir: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``manifest.json`` of a dfmeta zoo."""
     path = Path(zoo_dir) / MANIFEST
     if not Path(zoo_dir).is_dir():
-        raise DfmetaError(f"{zoo_dir}: zoo directory not found")
+        raise DfmetaError(f"{zoo_dir}: {'a file, not a zoo directory' if Path(zoo_dir).exists() else 'zoo directory not found'}")
     if not path.is_file():
         raise DfmetaError(f"{path}: no manifest.json (is this a zoo? `dfmeta zoo import` converts the authors' format)")
     doc = read_json_object(path)
@@ -204,10 +216,20 @@ def load_teacher(zoo_dir: Path, entry: dict[str, Any]) -> Teacher:
         state = st_load(data)
     except Exception as e:  # safetensors raises its own error types
         raise DfmetaError(f"{where}: not a readable safetensors file ({e})") from None
-    t = Teacher(str(mid), entry["arch"], int(entry["image_size"]), int(entry["in_channels"]),
-                tuple(entry["normalize"]["mean"]), tuple(entry["normalize"]["std"]), entry.get("dataset", ""),
-                list(entry["class_names"]), state, entry.get("heldout_acc"), entry.get("recipe", {}), entry["file"])
+    try:
+        t = Teacher(str(mid), entry["arch"], int(entry["image_size"]), int(entry["in_channels"]),
+                    tuple(map(float, entry["normalize"]["mean"])), tuple(map(float, entry["normalize"]["std"])),
+                    entry.get("dataset", ""), list(entry["class_names"]), state, entry.get("heldout_acc"),
+                    entry.get("recipe", {}), entry["file"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise DfmetaError(f"{zoo_dir / MANIFEST}: model {mid}: a field has the wrong type or form (image_size and "
+                          f"in_channels integers, normalize {{mean: [...], std: [...]}} numbers, class_names a list; "
+                          f"{type(e).__name__}: {e})") from None
     check_state(t, where)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise DfmetaError(f"{where}: weights {bad[0]} hold NaN or infinite values (a diverged teacher); rebuild it "
+                          "or pass --skip-bad where the command takes it")
     return t
 
 
