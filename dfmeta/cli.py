@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if not out_of_memory(e):
             raise
         print(f"dfmeta {cmd.name}: error: out of memory ({str(e).splitlines()[0][:160]}); lower the sizes of this "
-              "call (--meta-batch, --episode-batch, --episodes, --teachers-at-once, --image-size, --rec-per-class) "
-              "or use a machine with more memory", file=sys.stderr)
+              "call (--meta-batch or --first-order, --episode-batch, --episodes, --teachers-at-once, --image-size, "
+              "--rec-per-class) or use a machine with more memory", file=sys.stderr)
         return 2
     return int(result) if isinstance(result, int) else 0
 
