@@ -31,7 +31,9 @@ def only_run(out: Path) -> Path:
 
 def test_scores_what_the_run_scored_and_more(trained, tmp_path, capsys):
     own = json.loads((trained / "results.json").read_text())
-    assert main([*EVAL, "--meta-model", str(trained), "--shots", "1", "5", "--out-dir", str(tmp_path)]) == 0
+    # no protocol flags: the run's own (3 episodes, 2 fine-tuning steps) is kept
+    assert main(["evaluate", "--device", "cpu", "--meta-model", str(trained), "--shots", "1", "5",
+                 "--out-dir", str(tmp_path)]) == 0
     d = only_run(tmp_path)
     res = json.loads((d / "results.json").read_text())
     cfg = json.loads((d / "config.json").read_text())
@@ -42,6 +44,12 @@ def test_scores_what_the_run_scored_and_more(trained, tmp_path, capsys):
     source = json.loads((d / "meta_model.json").read_text())
     assert source["run"] == str(trained) and source["selected_epoch"] == own["selected_epoch"]
     assert "the meta-model of" in capsys.readouterr().out
+    assert (cfg["episodes"], cfg["eval_steps"]) == (3, 2)
+    # a flag overrides the run's protocol
+    assert main(["evaluate", "--device", "cpu", "--meta-model", str(trained), "--shots", "1", "--eval-steps", "0",
+                 "--out-dir", str(tmp_path / "b")]) == 0
+    other = json.loads((only_run(tmp_path / "b") / "results.json").read_text())["results"]["1"]
+    assert other["episodes"] == 3 and other["acc"] != res["results"]["1"]["acc"]
 
 
 def test_flags_that_contradict_the_run_are_refused(trained, tmp_path, capsys):

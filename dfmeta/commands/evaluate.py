@@ -43,8 +43,8 @@ class EvaluateConfig(DataConfig, EvalFields):
     """Continue this evaluation run directory (a killed call): its config is used, the K values it scored are kept."""
     meta_model: str = ""
     """A meta-training run directory: evaluate its selected meta-model (best.pt, chosen on meta-val) instead of a
-    baseline, e.g. at another K or on another dataset. Method, arch, ways and image size are the run's; --dataset
-    defaults to the run's."""
+    baseline, e.g. at another K or on another dataset. Method, arch, ways and image size are the run's; dataset,
+    episodes, queries, eval steps and rate and episode seed default to the run's."""
 
     def validate(self) -> None:
         DataConfig.validate(self)
@@ -92,7 +92,8 @@ def set_fields(cfg: EvaluateConfig) -> set[str]:
 
 def for_meta_model(cfg: EvaluateConfig, sel: SelectedModel) -> EvaluateConfig:
     """The config evaluating ``sel``: the run's method, arch, ways and image size (a flag saying otherwise is
-    refused), and its dataset unless --dataset names another."""
+    refused), and its dataset and meta-test protocol (episodes, queries, fine-tuning steps and rate, episode seed)
+    unless a flag names another."""
     from_call = set_fields(cfg)
     theirs = {"method": sel.method, "arch": sel.arch, "ways": sel.n_way, "image_size": sel.image_size}
     for k, v in theirs.items():
@@ -100,7 +101,8 @@ def for_meta_model(cfg: EvaluateConfig, sel: SelectedModel) -> EvaluateConfig:
         if k in from_call and mine != v and not (k == "image_size" and mine == 0):
             raise DfmetaError(f"--{k.replace('_', '-')} {mine} with --meta-model: the meta-model of {sel.run} is "
                               f"{k.replace('_', ' ')} {v}; leave the flag out")
-    return replace(cfg, **theirs, dataset=cfg.dataset if "dataset" in from_call else sel.dataset)
+    kept = {k: v for k, v in {"dataset": sel.dataset, **sel.protocol}.items() if k not in from_call}
+    return replace(cfg, **theirs, **kept)
 
 
 def resumed_evaluation(cfg: EvaluateConfig) -> EvaluateConfig:

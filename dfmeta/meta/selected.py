@@ -21,6 +21,9 @@ from dfmeta.errors import DfmetaError
 from dfmeta.nets import build, head_names, params_of
 from dfmeta.runs import atomic_write, is_torch_file, read_json_object
 
+PROTOCOL = ("episodes", "queries", "eval_steps", "eval_lr", "episode_seed")
+"""The evaluation settings a run's meta-test used that scoring its model again keeps unless told otherwise."""
+
 SOURCE_RECORD = "meta_model.json"
 """An evaluation's record of the meta-model it scores: the run's path and method, the epoch selected, and the
 sha256 of its ``best.pt`` (a resume checks it: the source run may have gone on and selected another model)."""
@@ -41,6 +44,8 @@ class SelectedModel:
     params: dict[str, torch.Tensor]
     sha256: str
     selected_epoch: int | None
+    protocol: dict
+    """The run's meta-test protocol (:data:`PROTOCOL` fields of its config): the default of a new evaluation."""
 
     def initialisation(self, device: torch.device) -> Initialisation:
         model = build(self.arch, self.n_way, self.image_size, self.channels, bn="batch").to(device)
@@ -109,7 +114,8 @@ def load_selected(run_dir: str) -> SelectedModel:
     if not convs or not heads or heads[0] is None:
         raise DfmetaError(f"{best}: does not hold a {arch} meta-model (no convolution or head weights)")
     sel = SelectedModel(run, _method(run, config), arch, str(config.get("dataset", "")), int(heads[0].shape[0]),
-                        int(convs[0].shape[1]), size, params, digest, _selected_epoch(run))
+                        int(convs[0].shape[1]), size, params, digest, _selected_epoch(run),
+                        {k: config[k] for k in PROTOCOL if k in config})
     want = params_of(build(arch, sel.n_way, size, sel.channels, bn="batch"))
     wrong = [k for k in want.keys() | params.keys() if k not in want or k not in params
              or want[k].shape != params[k].shape]
@@ -134,4 +140,4 @@ def check_source(run_dir: Path, sel: SelectedModel) -> None:
                           "the run went on and selected another, or another run was named); start a new evaluation")
 
 
-__all__ = ["SOURCE_RECORD", "SelectedModel", "check_source", "load_selected", "record_source"]
+__all__ = ["PROTOCOL", "SOURCE_RECORD", "SelectedModel", "check_source", "load_selected", "record_source"]
