@@ -106,7 +106,9 @@ if [ -n "${RESUME:-}" ]; then
   echo "== 4. TGR, resuming $RESUME for $LIMIT s of meta-training"
   cp -r "$RESUME" "$RUNS/" && cmd=(--resume "$RUNS/$(basename "$RESUME")")
 else
-  echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of grouping + meta-training"
+  # --time-limit counts meta-training only: the grouping before it and the meta-test after it come on top, within
+  # MARGIN (130 s on a GPU; the H200 run of 2026-12-04 spent 70 s grouping and 86 s outside its limit in all)
+  echo "== 4. TGR, CIFAR-FS 1-shot setting, reference zoo, $LIMIT s of meta-training (+ grouping and meta-test)"
   cmd=(--preset cifar-fs-1shot --zoo .carry/zoo --out-dir "$RUNS" --small-groups merge $FLAGS "${TRAIN[@]}"
        ${TRAIN_FLAGS:-})
 fi

@@ -17,13 +17,15 @@
 #     EXTRA        flags for every `dfmeta train`
 # The CPU size of docs/results/cpu-2026-12-02-multi-arch.md (its steps took about 2 hours per seed on the 2-core
 # box: mixed zoo 65 min on 2 lanes, Conv4 zoo 11 min, groupings 14 min, the two runs 37 min side by side):
-#   TEACHERS=14 LANES=2 ZOO_EXTRA="--epochs 8 --milestones 5 7 --device cpu --threads 1" \
+# (that record's ResNet teachers trained with the authors' SGD, which is --optimizer auto since the default became
+# the paper's Adam on 2026-12-07):
+#   TEACHERS=14 LANES=2 ZOO_EXTRA="--epochs 8 --milestones 5 7 --optimizer auto --device cpu --threads 1" \
 #     GROUP_EXTRA="--nf 16 --steps 30 --per-class 16 --device cpu --threads 1" \
 #     EXTRA="--small-groups merge --rec-nf 16 --rec-steps 30 --rec-per-class 16 --epochs 8 --val-every 2 \
 #       --val-episodes 300 --device cpu --threads 1" bash benchmarks/multi_arch.sh runs/multi-arch
 # Zoo builds resume; a grouping with its groups.json and a run marked OUT/runs/NAME.done are skipped on a rerun.
 set -uo pipefail
-if [ $# -ne 1 ]; then sed -n '6,24p' "$0"; exit 2; fi
+if [ $# -ne 1 ]; then sed -n '6,26p' "$0"; exit 2; fi
 OUT=$1
 export OUT TEACHERS=${TEACHERS:-100} ARCHS=${ARCHS:-conv4 resnet10 resnet18} DATASET=${DATASET:-cifar-fs} \
   SHOT=${SHOT:-1} EXTRA=${EXTRA:-} GROUP_EXTRA=${GROUP_EXTRA:-} ZOO_EXTRA=${ZOO_EXTRA:-}
