@@ -43,6 +43,19 @@ class PlotSink:
         return [f"![{caption}]({Path(os.path.relpath(path, self.markdown_dir)).as_posix()})", ""]
 
 
+def _save(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically (a kill never leaves half a plot) and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from dfmeta.runs import atomic_write
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+
+
 def _figure(panels: int, legend: tuple[float, float] = (0.0, 0.0)) -> tuple[Any, list[Any]]:
     """A figure of ``panels`` side by side, widened (and heightened) for a ``legend`` of that size beside them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -67,7 +80,7 @@ def fig4_png(stats: dict[str, Any], path: Path, title: str) -> None:
         ax.set(xticks=range(len(names)), xticklabels=[f"{n} {key[:-1]}\n({cats[n][0]} pairs)" for n in names],
                xlim=(-0.5, len(names) - 0.5), ylabel="dissimilarity W (mean ± sd)")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
 
 
 def fig5_png(analysis: dict[str, Any], path: Path, title: str) -> None:
@@ -83,7 +96,7 @@ def fig5_png(analysis: dict[str, Any], path: Path, title: str) -> None:
     for ax in axes:
         ax.legend()
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
 
 
 # Legend entries that fit inside one panel; more go in columns to the right of it, in a wider figure.
@@ -133,7 +146,7 @@ def fig6_png(series: dict[Hashable, list[tuple[float, float, float]]], path: Pat
                     label=str(label), **_style(i))
     ax.set(xlabel="number of teachers", ylabel="5-way accuracy (%)")
     _legend(ax, 7)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
 
 
 def val_curves_png(series: dict[str, list[tuple[int, float]]], selected: dict[str, int], path: Path) -> None:
@@ -146,4 +159,4 @@ def val_curves_png(series: dict[str, list[tuple[int, float]]], selected: dict[st
             ax.plot([selected[label]], [dict(pts)[selected[label]]], "o", mfc="none", ms=8, color=line.get_color())
     ax.set(xlabel="epoch", ylabel="meta-val accuracy (%)")
     _legend(ax, 6)
-    fig.savefig(path, dpi=120)
+    _save(fig, path)

@@ -82,9 +82,10 @@ class ZooRecipe:
         if bad or not self.archs:
             raise DfmetaError(f"field 'archs': unknown architecture {bad[0] if bad else None!r}; "
                               f"expected some of: {', '.join(ARCHITECTURES)}")
-        for name in ("teachers", "ways", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise DfmetaError(f"field {name!r}: must be at least 1, got {getattr(self, name)}")
+        for name, least in (("teachers", 1), ("ways", 2), ("epochs", 1), ("batch_size", 1)):
+            if getattr(self, name) < least:
+                raise DfmetaError(f"field {name!r}: must be at least {least}, got {getattr(self, name)}"
+                                  + (" (a teacher of one class learns nothing)" if name == "ways" else ""))
         require(learning_rates(self, "lr"))
         if not 0 <= self.heldout_fraction < 1:
             raise DfmetaError(f"field 'heldout_fraction': expected 0 <= f < 1, got {self.heldout_fraction}")
