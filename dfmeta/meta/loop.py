@@ -317,6 +317,9 @@ class MetaTrainer:
         start, ran, t_start, last_val = self.epoch, 0, time.perf_counter(), None
         self.call_start = t_start
         from dfmeta.progress import bar as progress_bar
+        if self.device.type == "cpu" and start < cfg.epochs:  # a frozen-looking bar would read as a hang
+            print(f"meta-training {cfg.epochs - start} epoch(s); the bar moves once per epoch, which can take minutes "
+                  f"on a CPU at the paper's sizes", flush=True)
         bar = progress_bar(total=cfg.epochs, initial=start, desc=f"meta-train {self.method}", unit="ep",
                            dynamic_ncols=True)
         while self.epoch < cfg.epochs:
