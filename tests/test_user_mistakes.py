@@ -116,6 +116,13 @@ def test_a_diverged_run_stops_instead_of_reporting_chance(zoo, tmp_path, monkeyp
     assert not (run / "results.json").exists()  # no chance-level "result"
 
 
+def test_a_part_that_did_not_run_is_no_divergence(zoo, tmp_path, monkeypatch):
+    real = Trainer.train_epoch
+    # an epoch without replay logs replay_loss = nan by design
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, epoch: {**real(self, epoch), "replay_loss": float("nan")})
+    assert "test" in train(tiny(zoo, tmp_path))
+
+
 def test_an_interrupted_training_says_what_it_keeps(zoo, tmp_path, monkeypatch, capsys):
     real = Trainer.train_epoch
 

@@ -9,9 +9,8 @@ While it recovers, ``grouping-tasks/`` keeps each finished chunk of tasks: a kil
 
 from __future__ import annotations
 
-import json
-
 import io
+import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
