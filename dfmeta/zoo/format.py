@@ -148,7 +148,8 @@ def read_manifest(zoo_dir: str | os.PathLike) -> dict[str, Any]:
     """Parse and check ``manifest.json`` of a dfmeta zoo."""
     path = Path(zoo_dir) / MANIFEST
     if not Path(zoo_dir).is_dir():
-        raise DfmetaError(f"{zoo_dir}: {'a file, not a zoo directory' if Path(zoo_dir).exists() else 'zoo directory not found'}")
+        what = "a file, not a zoo directory" if Path(zoo_dir).exists() else "zoo directory not found"
+        raise DfmetaError(f"{zoo_dir}: {what}")
     if not path.is_file():
         raise DfmetaError(f"{path}: no manifest.json (is this a zoo? `dfmeta zoo import` converts the authors' format)")
     doc = read_json_object(path)
